@@ -1,0 +1,160 @@
+//! Configuration from the environment, one prefix per service (see style §5).
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use figment::Figment;
+use figment::providers::Env;
+use secrecy::SecretString;
+use serde::Deserialize;
+use serde::de::DeserializeOwned;
+
+/// Exit code for a configuration error (`EX_USAGE`).
+pub const EXIT_CONFIG: i32 = 64;
+
+/// A configuration error naming the environment variable at fault.
+#[derive(Debug, thiserror::Error)]
+#[error("{variable}: {message}")]
+pub struct ConfigError {
+    /// The environment variable, e.g. `CAPTURE_DATABASE_URL`.
+    pub variable: String,
+    /// What is wrong with it.
+    pub message: String,
+}
+
+/// Reads `T` from the environment variables starting with `prefix`.
+pub fn load<T: DeserializeOwned>(prefix: &str) -> Result<T, ConfigError> {
+    Figment::new()
+        .merge(Env::prefixed(prefix))
+        .extract()
+        .map_err(|err| describe(prefix, err))
+}
+
+fn describe(prefix: &str, err: figment::Error) -> ConfigError {
+    let mut key = err.path.join("_");
+    let message = match &err.kind {
+        figment::error::Kind::MissingField(field) => {
+            if key.is_empty() {
+                key = field.to_string();
+            }
+            "is required but not set".to_owned()
+        }
+        other => other.to_string(),
+    };
+    let variable = if key.is_empty() {
+        format!("{prefix}*")
+    } else {
+        format!("{prefix}{}", key.to_uppercase())
+    };
+    ConfigError { variable, message }
+}
+
+/// Settings every service has, read under the service's prefix.
+#[derive(Debug, Deserialize)]
+pub struct CommonConfig {
+    /// Address the gRPC server binds; port 0 picks a free port.
+    pub grpc_addr: Option<SocketAddr>,
+    /// Postgres URL; the service works in its own schema.
+    pub database_url: SecretString,
+    /// Redis URL for the event streams.
+    pub redis_url: SecretString,
+    /// Prefix for every stream name (isolates test runs and tenants); empty by default.
+    #[serde(default)]
+    pub stream_prefix: String,
+    /// Applies migrations when the server starts (development); `migrate` does it otherwise.
+    #[serde(default)]
+    pub migrate_on_start: bool,
+    /// Largest accepted request message, in bytes.
+    #[serde(default = "default_max_request_bytes")]
+    pub max_request_bytes: usize,
+    /// Time allowed for in-flight calls, consumers and the outbox to drain on shutdown.
+    #[serde(default = "default_shutdown_grace_ms")]
+    pub shutdown_grace_ms: u64,
+    /// Consumer name within the consumer group; unique per replica (the pod name).
+    pub consumer_name: Option<String>,
+    /// Idle time after which another consumer takes over a pending entry (`XAUTOCLAIM`).
+    #[serde(default = "default_consumer_min_idle_ms")]
+    pub consumer_min_idle_ms: u64,
+    /// Deliveries after which an entry is parked in `<stream>.dlq`.
+    #[serde(default = "default_consumer_max_deliveries")]
+    pub consumer_max_deliveries: usize,
+    /// How long one blocking stream read waits.
+    #[serde(default = "default_consumer_block_ms")]
+    pub consumer_block_ms: u64,
+    /// How often health checks Postgres and Redis.
+    #[serde(default = "default_health_interval_ms")]
+    pub health_interval_ms: u64,
+    /// How often the outbox relay polls when no notification arrives.
+    #[serde(default = "default_relay_poll_ms")]
+    pub relay_poll_ms: u64,
+    /// Approximate length each stream is trimmed to (`XADD MAXLEN ~`).
+    #[serde(default = "default_stream_max_len")]
+    pub stream_max_len: usize,
+}
+
+fn default_max_request_bytes() -> usize {
+    256 * 1024
+}
+fn default_shutdown_grace_ms() -> u64 {
+    20_000
+}
+fn default_consumer_min_idle_ms() -> u64 {
+    30_000
+}
+fn default_consumer_max_deliveries() -> usize {
+    5
+}
+fn default_consumer_block_ms() -> u64 {
+    2_000
+}
+fn default_health_interval_ms() -> u64 {
+    1_000
+}
+fn default_relay_poll_ms() -> u64 {
+    500
+}
+fn default_stream_max_len() -> usize {
+    1_000_000
+}
+
+impl CommonConfig {
+    /// Returns the shutdown grace period.
+    pub fn shutdown_grace(&self) -> Duration {
+        Duration::from_millis(self.shutdown_grace_ms)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, Deserialize)]
+    struct Sample {
+        #[allow(dead_code)]
+        database_url: String,
+        #[allow(dead_code)]
+        #[serde(default)]
+        port: u16,
+    }
+
+    #[test]
+    fn missing_variable_is_named_with_its_prefix() {
+        let err = Figment::new()
+            .extract::<Sample>()
+            .map_err(|err| describe("SAMPLE_", err))
+            .unwrap_err();
+        assert_eq!(err.variable, "SAMPLE_DATABASE_URL");
+        assert!(err.message.contains("required"), "{}", err.message);
+    }
+
+    #[test]
+    fn bad_value_is_named_with_its_prefix() {
+        let err = Figment::new()
+            .merge(("database_url", "x"))
+            .merge(("port", "not-a-port"))
+            .extract::<Sample>()
+            .map_err(|err| describe("SAMPLE_", err))
+            .unwrap_err();
+        assert_eq!(err.variable, "SAMPLE_PORT");
+    }
+}

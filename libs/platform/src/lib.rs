@@ -1,0 +1,17 @@
+//! What every leadflow service shares: configuration, telemetry, Postgres and Redis
+//! connections, health, gRPC serving, validation errors, the transactional outbox with its
+//! relay, and the stream consumer runner.
+
+pub mod config;
+pub mod events;
+pub mod grpc;
+pub mod health;
+pub mod host;
+pub mod postgres;
+pub mod redis;
+pub mod shutdown;
+pub mod telemetry;
+pub mod validation;
+
+pub use host::ServiceHost;
+pub use shutdown::shutdown_signal;

@@ -1,0 +1,47 @@
+//! Postgres pools that work inside the service's own schema.
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use anyhow::Context;
+use secrecy::{ExposeSecret, SecretString};
+use sqlx::PgPool;
+use sqlx::migrate::Migrator;
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+
+/// Tables every service has: the outbox and the processed-events ledger of its consumers.
+static PLATFORM_MIGRATOR: Migrator = sqlx::migrate!("./migrations");
+
+/// Returns a pool whose connections use `schema` as their search path.
+pub async fn connect(url: &SecretString, schema: &'static str) -> anyhow::Result<PgPool> {
+    let options = PgConnectOptions::from_str(url.expose_secret())
+        .context("parse database url")?
+        .application_name(schema)
+        .options([("search_path", schema)]);
+    PgPoolOptions::new()
+        .max_connections(16)
+        .acquire_timeout(Duration::from_secs(5))
+        .connect_with(options)
+        .await
+        .context("connect to postgres")
+}
+
+/// Creates the schema, then applies the platform's and the service's migrations to it.
+///
+/// The schema must exist before migrating so that `_sqlx_migrations` lands in it (IOx does
+/// the same). Both migrators share that table, so each ignores the other's versions.
+pub async fn migrate(pool: &PgPool, schema: &'static str, service: &Migrator) -> anyhow::Result<()> {
+    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE SCHEMA IF NOT EXISTS {schema}")))
+        .execute(pool)
+        .await
+        .context("create schema")?;
+    for (name, source) in [("platform", &PLATFORM_MIGRATOR), ("service", service)] {
+        let mut migrator = Migrator::with_migrations(source.iter().cloned().collect());
+        migrator.set_ignore_missing(true);
+        migrator
+            .run(pool)
+            .await
+            .with_context(|| format!("apply {name} migrations"))?;
+    }
+    Ok(())
+}
