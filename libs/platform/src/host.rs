@@ -237,3 +237,26 @@ impl ServiceHost {
         Ok(())
     }
 }
+
+/// What a service binary is asked to do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::Subcommand)]
+pub enum Command {
+    /// Serve gRPC until SIGTERM (the default).
+    Serve,
+    /// Apply the service's database migrations and exit (the Kubernetes migration Job).
+    Migrate,
+}
+
+#[derive(Debug, clap::Parser)]
+#[command(version, about = "A leadflow service; configured through its environment variables (see README)")]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+impl Command {
+    /// Parses the process arguments; no subcommand means `serve`.
+    pub fn from_args() -> Self {
+        <Cli as clap::Parser>::parse().command.unwrap_or(Command::Serve)
+    }
+}

@@ -68,6 +68,15 @@ pub fn parse_uuid(violations: &mut FieldViolations, field: &str, value: &str) ->
     }
 }
 
+/// Parses a required UUID field on its own, for requests whose only input is an id.
+pub fn require_uuid(field: &str, value: &str) -> Result<uuid::Uuid, FieldViolations> {
+    let mut violations = FieldViolations::new();
+    match parse_uuid(&mut violations, field, value) {
+        Some(id) => Ok(id),
+        None => Err(violations),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

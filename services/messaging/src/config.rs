@@ -1,0 +1,51 @@
+//! messaging's configuration, read from `MESSAGING_*` variables.
+
+use std::path::PathBuf;
+
+use leadflow_platform::config::{CommonConfig, ConfigError};
+use serde::Deserialize;
+
+/// Environment prefix of this service.
+pub const PREFIX: &str = "MESSAGING_";
+
+/// Everything messaging reads from the environment.
+#[derive(Debug, Deserialize)]
+pub struct Config {
+    #[serde(flatten)]
+    pub common: CommonConfig,
+    /// Folder where the local sink provider writes each message as a file.
+    #[serde(default = "default_sink_dir")]
+    pub sink_dir: PathBuf,
+    /// URL of the capture service, asked for a lead's contact details at send time.
+    #[serde(default = "default_capture_url")]
+    pub capture_url: String,
+    /// Sender of emails.
+    #[serde(default = "default_from_address")]
+    pub from_address: String,
+}
+
+fn default_sink_dir() -> PathBuf {
+    std::env::temp_dir().join("leadflow-sink")
+}
+
+fn default_capture_url() -> String {
+    "http://127.0.0.1:50051".to_owned()
+}
+
+fn default_from_address() -> String {
+    "leadflow <hello@leadflow.localhost>".to_owned()
+}
+
+impl Config {
+    /// Reads the configuration from `MESSAGING_*` variables.
+    pub fn from_env() -> Result<Self, ConfigError> {
+        let config: Self = leadflow_platform::config::load(PREFIX)?;
+        if !config.capture_url.starts_with("http://") && !config.capture_url.starts_with("https://") {
+            return Err(ConfigError {
+                variable: format!("{PREFIX}CAPTURE_URL"),
+                message: "must be an http:// or https:// URL".to_owned(),
+            });
+        }
+        Ok(config)
+    }
+}
