@@ -1,1 +1,350 @@
+//! Test harness: starts the real service binaries as child processes against a fresh
+//! database and stream prefix, and hands out typed gRPC clients.
 
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use leadflow_proto::analytics::v1::analytics_service_client::AnalyticsServiceClient;
+use leadflow_proto::capture::v1::capture_service_client::CaptureServiceClient;
+use leadflow_proto::messaging::v1::messaging_service_client::MessagingServiceClient;
+use leadflow_proto::qualification::v1::qualification_service_client::QualificationServiceClient;
+use sqlx::{Connection, PgConnection};
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+use tonic::transport::Channel;
+use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::health_client::HealthClient;
+use tonic_health::pb::HealthCheckRequest;
+
+/// Key of the identity hashes in tests (32 bytes or more).
+pub const IDENTITY_HASH_KEY: &str = "e2e-identity-hash-key-0123456789abcdef";
+
+/// Returns the admin URL of the test Postgres server.
+pub fn admin_database_url() -> String {
+    std::env::var("LEADFLOW_TEST_DATABASE_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_owned())
+}
+
+/// Returns the URL of the test Redis server.
+pub fn redis_url() -> String {
+    std::env::var("LEADFLOW_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".to_owned())
+}
+
+/// A fresh database and stream prefix for one test.
+pub struct TestEnv {
+    pub database: String,
+    pub database_url: String,
+    pub redis_url: String,
+    pub stream_prefix: String,
+    pub sink_dir: PathBuf,
+}
+
+impl TestEnv {
+    /// Creates an empty database and picks a unique stream prefix.
+    pub async fn create() -> anyhow::Result<Self> {
+        let admin = admin_database_url();
+        let database = format!("lf_e2e_{}", uuid::Uuid::new_v4().simple());
+        let mut connection = PgConnection::connect(&admin)
+            .await
+            .context("connect to the test postgres (is it running? see README)")?;
+        sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {database}")))
+            .execute(&mut connection)
+            .await
+            .context("create test database")?;
+        let base = admin.rsplit_once('/').map_or(admin.as_str(), |(base, _)| base);
+        let database_url = format!("{base}/{database}");
+        let sink_dir = std::env::temp_dir().join(format!("leadflow-e2e-{database}"));
+        Ok(Self {
+            stream_prefix: format!("{database}:"),
+            database,
+            database_url,
+            redis_url: redis_url(),
+            sink_dir,
+        })
+    }
+
+    /// Returns a connection to the test database, for asserting what services stored.
+    pub async fn connect(&self) -> anyhow::Result<PgConnection> {
+        PgConnection::connect(&self.database_url).await.context("connect to test database")
+    }
+
+    /// Returns a Redis connection.
+    pub async fn redis(&self) -> anyhow::Result<redis::aio::MultiplexedConnection> {
+        redis::Client::open(self.redis_url.as_str())?
+            .get_multiplexed_async_connection()
+            .await
+            .context("connect to redis")
+    }
+
+    /// Returns the full name of a stream under this test's prefix.
+    pub fn stream(&self, stream: &str) -> String {
+        format!("{}{stream}", self.stream_prefix)
+    }
+
+    /// Returns environment variables that configure `service` for this test.
+    pub fn service_env(&self, service: Service) -> Vec<(String, String)> {
+        let prefix = service.prefix();
+        let mut env = vec![
+            (format!("{prefix}GRPC_ADDR"), "127.0.0.1:0".to_owned()),
+            (format!("{prefix}DATABASE_URL"), self.database_url.clone()),
+            (format!("{prefix}REDIS_URL"), self.redis_url.clone()),
+            (format!("{prefix}STREAM_PREFIX"), self.stream_prefix.clone()),
+            (format!("{prefix}MIGRATE_ON_START"), "true".to_owned()),
+            (format!("{prefix}CONSUMER_BLOCK_MS"), "500".to_owned()),
+            (format!("{prefix}CONSUMER_MIN_IDLE_MS"), "1000".to_owned()),
+            (format!("{prefix}HEALTH_INTERVAL_MS"), "200".to_owned()),
+            (format!("{prefix}SHUTDOWN_GRACE_MS"), "5000".to_owned()),
+        ];
+        match service {
+            Service::Capture => env.push(("CAPTURE_IDENTITY_HASH_KEY".to_owned(), IDENTITY_HASH_KEY.to_owned())),
+            Service::Messaging => env.push(("MESSAGING_SINK_DIR".to_owned(), self.sink_dir.display().to_string())),
+            Service::Qualification | Service::Analytics => {}
+        }
+        env
+    }
+}
+
+/// The four services.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Service {
+    Capture,
+    Qualification,
+    Messaging,
+    Analytics,
+}
+
+impl Service {
+    /// Returns the binary name.
+    pub fn binary(self) -> &'static str {
+        match self {
+            Service::Capture => "capture",
+            Service::Qualification => "qualification",
+            Service::Messaging => "messaging",
+            Service::Analytics => "analytics",
+        }
+    }
+
+    /// Returns the environment prefix.
+    pub fn prefix(self) -> &'static str {
+        match self {
+            Service::Capture => "CAPTURE_",
+            Service::Qualification => "QUALIFICATION_",
+            Service::Messaging => "MESSAGING_",
+            Service::Analytics => "ANALYTICS_",
+        }
+    }
+}
+
+/// Returns the path of a workspace binary built beside this test.
+pub fn binary_path(name: &str) -> anyhow::Result<PathBuf> {
+    let exe = std::env::current_exe()?;
+    // target/<profile>/deps/<test> → target/<profile>/<name>
+    let profile_dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .context("locate the target directory")?;
+    let path = profile_dir.join(name);
+    if !path.exists() {
+        bail!(
+            "{} is missing: build the services first with `cargo build --workspace --bins` (the README's test command does)",
+            path.display()
+        );
+    }
+    Ok(path)
+}
+
+/// A service binary running as a child process.
+pub struct Running {
+    pub service: Service,
+    pub grpc_addr: SocketAddr,
+    child: Child,
+    logs: Arc<Mutex<Vec<String>>>,
+}
+
+impl Running {
+    /// Starts `service` with `env` and waits until it logs that it is serving.
+    pub async fn start(service: Service, env: &[(String, String)]) -> anyhow::Result<Self> {
+        let mut command = Command::new(binary_path(service.binary())?);
+        command
+            .arg("serve")
+            .env_clear()
+            .env("RUST_LOG", "info")
+            .envs(env.iter().map(|(key, value)| (key.as_str(), value.as_str())))
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true);
+        let mut child = command.spawn().with_context(|| format!("spawn {}", service.binary()))?;
+        let logs = Arc::new(Mutex::new(Vec::new()));
+        let (addr_tx, mut addr_rx) = tokio::sync::mpsc::channel::<SocketAddr>(1);
+        let show = std::env::var("TEST_LOG").is_ok();
+        for stream in [
+            child.stdout.take().map(|out| Box::new(out) as Box<dyn tokio::io::AsyncRead + Unpin + Send>),
+            child.stderr.take().map(|err| Box::new(err) as Box<dyn tokio::io::AsyncRead + Unpin + Send>),
+        ]
+        .into_iter()
+        .flatten()
+        {
+            let logs = logs.clone();
+            let addr_tx = addr_tx.clone();
+            let name = service.binary();
+            tokio::spawn(async move {
+                let mut lines = BufReader::new(stream).lines();
+                while let Ok(Some(line)) = lines.next_line().await {
+                    if show {
+                        eprintln!("[{name}] {line}");
+                    }
+                    if let Ok(value) = serde_json::from_str::<serde_json::Value>(&line)
+                        && value["message"] == "serving"
+                        && let Some(addr) = value["grpc_addr"].as_str().and_then(|addr| addr.parse().ok())
+                    {
+                        let _sent = addr_tx.send(addr).await;
+                    }
+                    if let Ok(mut logs) = logs.lock() {
+                        logs.push(line);
+                    }
+                }
+            });
+        }
+        drop(addr_tx);
+        let grpc_addr = tokio::select! {
+            addr = addr_rx.recv() => addr,
+            () = tokio::time::sleep(Duration::from_secs(30)) => None,
+        };
+        let Some(grpc_addr) = grpc_addr else {
+            let logs = logs.lock().map(|logs| logs.join("\n")).unwrap_or_default();
+            bail!("{} did not start serving:\n{logs}", service.binary());
+        };
+        Ok(Self {
+            service,
+            grpc_addr,
+            child,
+            logs,
+        })
+    }
+
+    /// Returns the service's URL.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.grpc_addr)
+    }
+
+    /// Returns a channel to the service.
+    pub async fn channel(&self) -> anyhow::Result<Channel> {
+        Channel::from_shared(self.url())?
+            .connect()
+            .await
+            .context("connect to service")
+    }
+
+    /// Returns every line the process wrote so far.
+    pub fn logs(&self) -> Vec<String> {
+        self.logs.lock().map(|logs| logs.clone()).unwrap_or_default()
+    }
+
+    /// Returns the health status of the whole server.
+    pub async fn health(&self) -> anyhow::Result<ServingStatus> {
+        let mut client = HealthClient::new(self.channel().await?);
+        let response = client
+            .check(HealthCheckRequest { service: String::new() })
+            .await
+            .context("health check")?;
+        Ok(response.into_inner().status())
+    }
+
+    /// Sends SIGTERM and waits for the exit status.
+    pub async fn terminate(mut self, within: Duration) -> anyhow::Result<std::process::ExitStatus> {
+        let pid = self.child.id().context("process already gone")?;
+        let sent = std::process::Command::new("kill")
+            .args(["-TERM", &pid.to_string()])
+            .status()
+            .context("run kill")?;
+        if !sent.success() {
+            bail!("kill -TERM {pid} failed");
+        }
+        tokio::time::timeout(within, self.child.wait())
+            .await
+            .context("process did not exit in time")?
+            .context("wait for process")
+    }
+}
+
+/// All four services, started in dependency order against one test environment.
+pub struct Suite {
+    pub env: TestEnv,
+    pub services: HashMap<Service, Running>,
+}
+
+impl Suite {
+    /// Starts capture, then the others (messaging needs capture's address).
+    pub async fn start() -> anyhow::Result<Self> {
+        let env = TestEnv::create().await?;
+        let capture = Running::start(Service::Capture, &env.service_env(Service::Capture)).await?;
+        let mut messaging_env = env.service_env(Service::Messaging);
+        messaging_env.push(("MESSAGING_CAPTURE_URL".to_owned(), capture.url()));
+        let qualification_env = env.service_env(Service::Qualification);
+        let analytics_env = env.service_env(Service::Analytics);
+        let (qualification, messaging, analytics) = tokio::try_join!(
+            Running::start(Service::Qualification, &qualification_env),
+            Running::start(Service::Messaging, &messaging_env),
+            Running::start(Service::Analytics, &analytics_env),
+        )?;
+        let services = [capture, qualification, messaging, analytics]
+            .into_iter()
+            .map(|running| (running.service, running))
+            .collect();
+        Ok(Self { env, services })
+    }
+
+    fn running(&self, service: Service) -> &Running {
+        &self.services[&service]
+    }
+
+    pub async fn capture(&self) -> anyhow::Result<CaptureServiceClient<Channel>> {
+        Ok(CaptureServiceClient::new(self.running(Service::Capture).channel().await?))
+    }
+
+    pub async fn qualification(&self) -> anyhow::Result<QualificationServiceClient<Channel>> {
+        Ok(QualificationServiceClient::new(self.running(Service::Qualification).channel().await?))
+    }
+
+    pub async fn messaging(&self) -> anyhow::Result<MessagingServiceClient<Channel>> {
+        Ok(MessagingServiceClient::new(self.running(Service::Messaging).channel().await?))
+    }
+
+    pub async fn analytics(&self) -> anyhow::Result<AnalyticsServiceClient<Channel>> {
+        Ok(AnalyticsServiceClient::new(self.running(Service::Analytics).channel().await?))
+    }
+
+    /// Returns every log line of every service.
+    pub fn all_logs(&self) -> Vec<String> {
+        self.services.values().flat_map(Running::logs).collect()
+    }
+}
+
+/// Polls `probe` every 100 ms until it returns `Some`, failing after `within`.
+pub async fn eventually<T, F, Fut>(what: &str, within: Duration, mut probe: F) -> anyhow::Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<Option<T>>>,
+{
+    let deadline = Instant::now() + within;
+    let mut last_error = None;
+    loop {
+        match probe().await {
+            Ok(Some(value)) => return Ok(value),
+            Ok(None) => {}
+            Err(err) => last_error = Some(err),
+        }
+        if Instant::now() >= deadline {
+            match last_error {
+                Some(err) => bail!("{what}: not reached within {within:?}; last error: {err:#}"),
+                None => bail!("{what}: not reached within {within:?}"),
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
