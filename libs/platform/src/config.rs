@@ -49,6 +49,14 @@ fn describe(prefix: &str, err: figment::Error) -> ConfigError {
     ConfigError { variable, message }
 }
 
+/// Returns the loaded value, or prints the error naming the variable and exits with 64.
+pub fn or_exit<T>(service: &str, loaded: Result<T, ConfigError>) -> T {
+    loaded.unwrap_or_else(|err| {
+        eprintln!("{service}: configuration error: {err}");
+        std::process::exit(EXIT_CONFIG);
+    })
+}
+
 /// Settings every service has, read under the service's prefix.
 #[derive(Debug, Deserialize)]
 pub struct CommonConfig {

@@ -51,8 +51,8 @@ impl Application {
     }
 
     /// Applies the migrations of this service's schema.
-    pub async fn migrate(config: Config) -> anyhow::Result<()> {
-        let pool = leadflow_platform::postgres::connect(&config.common.database_url, SERVICE).await?;
+    pub async fn migrate(common: &leadflow_platform::config::CommonConfig) -> anyhow::Result<()> {
+        let pool = leadflow_platform::postgres::connect(&common.database_url, SERVICE).await?;
         leadflow_platform::postgres::migrate(&pool, SERVICE, &MIGRATOR).await?;
         tracing::info!(schema = SERVICE, "migrations applied");
         Ok(())

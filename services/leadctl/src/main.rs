@@ -57,6 +57,12 @@ enum Command {
         #[arg(default_value = "Thanks, let's talk")]
         text: String,
     },
+    /// Check every service's health; exits non-zero unless all are SERVING.
+    Health {
+        /// Keep checking up to this many seconds until all are SERVING
+        #[arg(long, default_value_t = 0)]
+        wait: u64,
+    },
     /// Print the funnel: leads per stage and channel.
     Funnel {
         /// Only this channel
@@ -128,6 +134,7 @@ async fn main() -> anyhow::Result<()> {
             println!("{}", response.into_inner().inbound_id);
         }
         Command::Funnel { channel } => funnel(&cli.endpoints, channel).await?,
+        Command::Health { wait } => health(&cli.endpoints, wait).await?,
     }
     Ok(())
 }
@@ -248,4 +255,50 @@ async fn funnel(endpoints: &Endpoints, channel: String) -> anyhow::Result<()> {
     println!("{channels}");
     println!("total leads: {}", funnel.total_leads);
     Ok(())
+}
+
+async fn check_health(url: &str) -> String {
+    use tonic_health::pb::HealthCheckRequest;
+    use tonic_health::pb::health_client::HealthClient;
+    let Ok(endpoint) = tonic::transport::Endpoint::from_shared(url.to_owned()) else {
+        return "BAD URL".to_owned();
+    };
+    let Ok(channel) = endpoint.connect_timeout(std::time::Duration::from_secs(1)).connect().await else {
+        return "UNREACHABLE".to_owned();
+    };
+    let mut client = HealthClient::new(channel);
+    match client.check(HealthCheckRequest { service: String::new() }).await {
+        Ok(response) => response.into_inner().status().as_str_name().to_owned(),
+        Err(status) => format!("{:?}", status.code()),
+    }
+}
+
+async fn health(endpoints: &Endpoints, wait_seconds: u64) -> anyhow::Result<()> {
+    let services = [
+        ("capture", &endpoints.capture_url),
+        ("qualification", &endpoints.qualification_url),
+        ("messaging", &endpoints.messaging_url),
+        ("analytics", &endpoints.analytics_url),
+    ];
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(wait_seconds);
+    loop {
+        let mut statuses = Vec::new();
+        for (name, url) in services {
+            statuses.push((name, url, check_health(url).await));
+        }
+        let all_serving = statuses.iter().all(|(_, _, status)| status == "SERVING");
+        if all_serving || std::time::Instant::now() >= deadline {
+            let mut table = Table::new();
+            table.set_header(["service", "url", "health"]);
+            for (name, url, status) in &statuses {
+                table.add_row([name.to_string(), url.to_string(), status.clone()]);
+            }
+            println!("{table}");
+            if all_serving {
+                return Ok(());
+            }
+            anyhow::bail!("not every service is serving");
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+    }
 }

@@ -9,10 +9,15 @@ use serde::Deserialize;
 pub const PREFIX: &str = "MESSAGING_";
 
 /// Everything messaging reads from the environment.
-#[derive(Debug, Deserialize)]
+#[derive(Debug)]
 pub struct Config {
-    #[serde(flatten)]
     pub common: CommonConfig,
+    pub settings: Settings,
+}
+
+/// messaging's own settings.
+#[derive(Debug, Deserialize)]
+pub struct Settings {
     /// Folder where the local sink provider writes each message as a file.
     #[serde(default = "default_sink_dir")]
     pub sink_dir: PathBuf,
@@ -39,8 +44,12 @@ fn default_from_address() -> String {
 impl Config {
     /// Reads the configuration from `MESSAGING_*` variables.
     pub fn from_env() -> Result<Self, ConfigError> {
-        let config: Self = leadflow_platform::config::load(PREFIX)?;
-        if !config.capture_url.starts_with("http://") && !config.capture_url.starts_with("https://") {
+        // Read apart, not flattened: serde's flatten loses the field path that names the variable.
+        let config = Self {
+            common: leadflow_platform::config::load(PREFIX)?,
+            settings: leadflow_platform::config::load(PREFIX)?,
+        };
+        if !config.settings.capture_url.starts_with("http://") && !config.settings.capture_url.starts_with("https://") {
             return Err(ConfigError {
                 variable: format!("{PREFIX}CAPTURE_URL"),
                 message: "must be an http:// or https:// URL".to_owned(),

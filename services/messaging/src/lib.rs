@@ -41,8 +41,8 @@ impl Application {
     pub async fn build(config: Config) -> anyhow::Result<Self> {
         let max_request_bytes = config.common.max_request_bytes;
         let templates = Arc::new(domain::template::Templates::built_in()?);
-        let provider = Arc::new(provider::SinkProvider::new(config.sink_dir.clone()).await?);
-        let capture_client = capture::CaptureClient::new(&config.capture_url)?;
+        let provider = Arc::new(provider::SinkProvider::new(config.settings.sink_dir.clone()).await?);
+        let capture_client = capture::CaptureClient::new(&config.settings.capture_url)?;
         let mut host = ServiceHost::start(SERVICE, config.common, &MIGRATOR, DEFAULT_GRPC_ADDR).await?;
         let outbox = host.outbox(MESSAGING_STREAM);
         let handler = events::MessagingHandler::new(
@@ -50,7 +50,7 @@ impl Application {
             templates,
             provider,
             capture_client.clone(),
-            config.from_address,
+            config.settings.from_address,
         );
         host.consume(&[CAPTURE_STREAM], Arc::new(handler));
         let store = store::MessageStore::new(host.pool().clone());
@@ -63,8 +63,8 @@ impl Application {
     }
 
     /// Applies the migrations of this service's schema.
-    pub async fn migrate(config: Config) -> anyhow::Result<()> {
-        let pool = leadflow_platform::postgres::connect(&config.common.database_url, SERVICE).await?;
+    pub async fn migrate(common: &leadflow_platform::config::CommonConfig) -> anyhow::Result<()> {
+        let pool = leadflow_platform::postgres::connect(&common.database_url, SERVICE).await?;
         leadflow_platform::postgres::migrate(&pool, SERVICE, &MIGRATOR).await?;
         tracing::info!(schema = SERVICE, "migrations applied");
         Ok(())

@@ -1,19 +1,19 @@
 //! The `qualification` binary: `qualification serve` (the default) or `qualification migrate`.
 
-use leadflow_qualification::{Application, Config};
-use leadflow_platform::config::EXIT_CONFIG;
+use leadflow_platform::config::{load, or_exit};
+use leadflow_platform::host::Command;
+use leadflow_qualification::{Application, Config, SERVICE, config::PREFIX};
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let command = leadflow_platform::host::Command::from_args();
-    let config = Config::from_env().unwrap_or_else(|err| {
-        eprintln!("qualification: configuration error: {err}");
-        std::process::exit(EXIT_CONFIG);
-    });
-    let telemetry = leadflow_platform::telemetry::init("qualification")?;
+    let command = Command::from_args();
+    // `migrate` needs only the shared settings: the Kubernetes Job carries no service secrets.
+    let common = or_exit(SERVICE, load(PREFIX));
+    let telemetry = leadflow_platform::telemetry::init(SERVICE)?;
     match command {
-        leadflow_platform::host::Command::Migrate => Application::migrate(config).await?,
-        leadflow_platform::host::Command::Serve => {
+        Command::Migrate => Application::migrate(&common).await?,
+        Command::Serve => {
+            let config = or_exit(SERVICE, Config::from_env());
             let app = Application::build(config).await?;
             app.run_until(leadflow_platform::shutdown_signal()).await?;
         }

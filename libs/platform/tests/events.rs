@@ -1,0 +1,382 @@
+//! The outbox relay and the consumer runner against real Postgres and Redis
+//! (reliability §1.1–1.4). Each test has a database and stream prefix of its own.
+
+mod support;
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use leadflow_platform::events::consumer::Consumer;
+use leadflow_platform::events::outbox::Outbox;
+use leadflow_platform::events::relay::Relay;
+use leadflow_platform::events::{DLQ_SUFFIX, ENVELOPE_FIELD, types};
+use leadflow_proto::events::v1::LeadCaptured;
+use support::{Recorder, SCHEMA, Stuck, TestEnv, event_id, lead_captured, wait_until};
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+const GROUP: &str = "testsvc";
+
+fn relay(env: &TestEnv) -> Relay {
+    Relay::new(
+        env.pool.clone(),
+        env.redis.clone(),
+        SCHEMA,
+        Duration::from_millis(100),
+        1_000_000,
+    )
+}
+
+fn outbox(stream: &str) -> Outbox {
+    Outbox::new(SCHEMA, support::PRODUCER, stream.to_owned())
+}
+
+/// Adds one `lead.captured` event in a transaction of its own; returns its event id.
+async fn add_committed(env: &TestEnv, outbox: &Outbox) -> String {
+    let mut tx = env.pool.begin().await.expect("begin");
+    let envelope = add(&mut tx, outbox).await;
+    tx.commit().await.expect("commit");
+    envelope
+}
+
+async fn add(tx: &mut sqlx::PgConnection, outbox: &Outbox) -> String {
+    let lead_id = Uuid::now_v7();
+    let payload = LeadCaptured {
+        lead_id: lead_id.to_string(),
+        channel: "web".to_owned(),
+        ..LeadCaptured::default()
+    };
+    outbox
+        .add(tx, types::LEAD_CAPTURED, lead_id, &payload)
+        .await
+        .expect("add outbox row")
+        .event_id
+}
+
+fn consumer<H: leadflow_platform::events::consumer::EventHandler>(
+    env: &TestEnv,
+    settings: leadflow_platform::events::consumer::ConsumerSettings,
+    handler: Arc<H>,
+) -> Consumer<H> {
+    Consumer::new(
+        env.pool.clone(),
+        env.redis_client.clone(),
+        env.redis.clone(),
+        SCHEMA,
+        settings,
+        handler,
+    )
+}
+
+/// Cancels `stop` and waits (bounded) for the runner to return.
+async fn stop(stop: &CancellationToken, task: tokio::task::JoinHandle<()>) {
+    stop.cancel();
+    tokio::time::timeout(support::DEADLINE, task)
+        .await
+        .expect("runner stops within the deadline after cancellation")
+        .expect("runner task does not panic");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_event_committed_while_the_relay_is_stopped_arrives_once_after_restart() {
+    let env = TestEnv::new().await;
+    let stream = env.stream("capture");
+    let outbox = outbox(&stream);
+
+    let event = add_committed(&env, &outbox).await;
+    assert!(!env.exists(&stream).await, "nothing is published while no relay runs");
+
+    let token = CancellationToken::new();
+    let task = tokio::spawn(relay(&env).run(token.clone()));
+    wait_until("the stream has the event", || async { env.xlen(&stream).await >= 1 }).await;
+    stop(&token, task).await;
+
+    // A second instance, started and stopped, and one more drain publish nothing new.
+    let token = CancellationToken::new();
+    let task = tokio::spawn(relay(&env).run(token.clone()));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    stop(&token, task).await;
+    assert_eq!(relay(&env).drain().await.expect("drain"), 0);
+
+    let envelopes = env.envelopes(&stream).await;
+    assert_eq!(envelopes.len(), 1, "the stream holds the event exactly once");
+    assert_eq!(envelopes[0].event_id, event);
+    assert_eq!(envelopes[0].event_type, types::LEAD_CAPTURED);
+    let (_, published) = env.outbox_row(&event).await;
+    assert!(published, "the outbox row is marked published");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_relays_publish_each_row_exactly_once() {
+    let env = TestEnv::new().await;
+    let stream = env.stream("capture");
+    let outbox = outbox(&stream);
+    let mut added = HashSet::new();
+    let mut tx = env.pool.begin().await.expect("begin");
+    for _ in 0..500 {
+        added.insert(add(&mut tx, &outbox).await);
+    }
+    tx.commit().await.expect("commit");
+
+    let barrier = Arc::new(tokio::sync::Barrier::new(2));
+    let drains: Vec<_> = (0..2)
+        .map(|_| {
+            let relay = relay(&env);
+            let barrier = barrier.clone();
+            tokio::spawn(async move {
+                barrier.wait().await;
+                relay.drain().await.expect("drain")
+            })
+        })
+        .collect();
+    let mut published = 0;
+    for drain in drains {
+        published += tokio::time::timeout(support::DEADLINE, drain)
+            .await
+            .expect("drain finishes")
+            .expect("drain task");
+    }
+
+    assert_eq!(published, 500, "the relays report 500 publications between them");
+    let ids: Vec<String> = env
+        .envelopes(&stream)
+        .await
+        .into_iter()
+        .map(|envelope| envelope.event_id)
+        .collect();
+    assert_eq!(ids.len(), 500, "the stream has one entry per row");
+    let distinct: HashSet<String> = ids.into_iter().collect();
+    assert_eq!(distinct, added, "every row is published, none twice");
+    assert_eq!(env.unpublished().await, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_row_committing_after_a_higher_id_is_still_published() {
+    let env = TestEnv::new().await;
+    let stream = env.stream("capture");
+    let outbox = outbox(&stream);
+    let relay = relay(&env);
+
+    let mut slow = env.pool.begin().await.expect("begin slow transaction");
+    let early = add(&mut slow, &outbox).await;
+    let late = add_committed(&env, &outbox).await;
+    assert_eq!(relay.drain().await.expect("first drain"), 1, "only the committed row is visible");
+    slow.commit().await.expect("commit slow transaction");
+    assert_eq!(relay.drain().await.expect("second drain"), 1, "the slow row is published");
+
+    let (early_id, early_published) = env.outbox_row(&early).await;
+    let (late_id, late_published) = env.outbox_row(&late).await;
+    assert!(early_id < late_id, "the slow row holds the lower id ({early_id} vs {late_id})");
+    assert!(early_published && late_published);
+    let ids: Vec<String> = env
+        .envelopes(&stream)
+        .await
+        .into_iter()
+        .map(|envelope| envelope.event_id)
+        .collect();
+    assert_eq!(ids, [late, early], "both rows are on the stream, each once");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_same_entry_delivered_twice_is_applied_once() {
+    let env = TestEnv::new().await;
+    let stream = env.stream("capture");
+    let envelope = lead_captured();
+    env.publish(&stream, &envelope).await;
+    let second = env.publish(&stream, &envelope).await;
+
+    let token = CancellationToken::new();
+    let handler = Arc::new(Recorder::default());
+    let task = tokio::spawn(consumer(&env, env.settings(GROUP, "c1", &[&stream]), handler).run(token.clone()));
+    wait_until("both entries are delivered and acknowledged", || async {
+        env.group(&stream, GROUP)
+            .await
+            .is_some_and(|group| group.last_delivered_id == second && group.pending == 0)
+    })
+    .await;
+    stop(&token, task).await;
+
+    let effects = env.effects().await;
+    assert_eq!(effects.len(), 1);
+    assert_eq!(effects.get(&event_id(&envelope)), Some(&1), "the effect happened once");
+    assert_eq!(env.processed_count().await, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_entry_that_always_fails_is_dead_lettered_and_does_not_block_the_next_ones() {
+    let env = TestEnv::new().await;
+    let stream = env.stream("capture");
+    let dlq = format!("{stream}{DLQ_SUFFIX}");
+    let poison = lead_captured();
+    let poison_entry = env.publish(&stream, &poison).await;
+    let mut good = Vec::new();
+    for _ in 0..5 {
+        let envelope = lead_captured();
+        env.publish(&stream, &envelope).await;
+        good.push(event_id(&envelope));
+    }
+
+    let mut settings = env.settings(GROUP, "c1", &[&stream]);
+    settings.min_idle = Duration::from_millis(200);
+    settings.block = Duration::from_millis(200);
+    settings.max_deliveries = 3;
+    let handler = Arc::new(Recorder {
+        poison: vec![event_id(&poison)],
+        ..Recorder::default()
+    });
+    let token = CancellationToken::new();
+    let task = tokio::spawn(consumer(&env, settings, handler.clone()).run(token.clone()));
+
+    wait_until("the good events are applied", || async {
+        let effects = env.effects().await;
+        good.iter().all(|id| effects.contains_key(id))
+    })
+    .await;
+    wait_until("the poison is dead-lettered", || async { env.xlen(&dlq).await >= 1 }).await;
+    wait_until("nothing is pending", || async { env.pending(&stream, GROUP).await == 0 }).await;
+    stop(&token, task).await;
+
+    let effects = env.effects().await;
+    assert_eq!(effects.len(), 5, "only the good events have effects: {effects:?}");
+    assert!(effects.values().all(|n| *n == 1), "each good event applied once: {effects:?}");
+    assert_eq!(
+        handler.poison_attempts.load(Ordering::SeqCst),
+        3,
+        "the poison is handed to the handler max_deliveries times"
+    );
+    let parked = env.entries(&dlq).await;
+    assert_eq!(parked.len(), 1, "the poison is parked once");
+    let parked = &parked[0];
+    assert_eq!(parked.get::<String>("entry_id").as_deref(), Some(poison_entry.as_str()));
+    assert_eq!(parked.get::<String>("error_class").as_deref(), Some("max_deliveries"));
+    let deliveries: usize = parked.get("deliveries").expect("deliveries field");
+    assert!(deliveries > 3, "parked after more than max_deliveries deliveries, got {deliveries}");
+    let error: String = parked.get("error").expect("error field");
+    assert!(error.contains("poison event"), "the last handler error is kept: {error}");
+    assert_eq!(
+        parked.get::<Vec<u8>>(ENVELOPE_FIELD),
+        Some(prost::Message::encode_to_vec(&poison)),
+        "the parked entry carries the original envelope"
+    );
+    assert_eq!(env.processed_count().await, 5, "the poison is not recorded as processed");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_undecodable_entry_is_dead_lettered_at_once() {
+    let env = TestEnv::new().await;
+    let stream = env.stream("capture");
+    let dlq = format!("{stream}{DLQ_SUFFIX}");
+    // A varint longer than ten bytes: never a valid protobuf message.
+    let garbage = vec![0xff_u8; 16];
+    assert!(<leadflow_proto::events::v1::Envelope as prost::Message>::decode(garbage.as_slice()).is_err());
+    let garbage_entry = env.xadd(&stream, types::LEAD_CAPTURED, &garbage).await;
+    let good = lead_captured();
+    env.publish(&stream, &good).await;
+
+    let mut settings = env.settings(GROUP, "c1", &[&stream]);
+    // A min idle far beyond the test: only an immediate dead-lettering can park the entry.
+    settings.min_idle = Duration::from_secs(60);
+    let token = CancellationToken::new();
+    let task = tokio::spawn(consumer(&env, settings, Arc::new(Recorder::default())).run(token.clone()));
+
+    wait_until("the good event is applied", || async {
+        env.effects().await.contains_key(&event_id(&good))
+    })
+    .await;
+    wait_until("the garbage is dead-lettered", || async { env.xlen(&dlq).await >= 1 }).await;
+    wait_until("nothing is pending", || async { env.pending(&stream, GROUP).await == 0 }).await;
+    stop(&token, task).await;
+
+    let parked = env.entries(&dlq).await;
+    assert_eq!(parked.len(), 1);
+    let parked = &parked[0];
+    assert_eq!(parked.get::<String>("entry_id").as_deref(), Some(garbage_entry.as_str()));
+    assert_eq!(parked.get::<String>("error_class").as_deref(), Some("undecodable"));
+    assert_eq!(parked.get::<usize>("deliveries"), Some(1));
+    assert_eq!(parked.get::<Vec<u8>>(ENVELOPE_FIELD), Some(garbage));
+    assert_eq!(env.effects().await.len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn pending_entries_of_a_killed_consumer_are_taken_over_via_xautoclaim() {
+    let env = TestEnv::new().await;
+    let stream = env.stream("capture");
+    let mut events = HashSet::new();
+    for _ in 0..20 {
+        let envelope = lead_captured();
+        env.publish(&stream, &envelope).await;
+        events.insert(event_id(&envelope));
+    }
+
+    // Consumer "a" reads all 20 in one batch and hangs inside the handler on the first.
+    let stuck = Arc::new(Stuck::default());
+    let a_token = CancellationToken::new();
+    let a = tokio::spawn(consumer(&env, env.settings(GROUP, "a", &[&stream]), stuck.clone()).run(a_token.clone()));
+    wait_until("consumer a holds the 20 entries", || async {
+        env.pending_of(&stream, GROUP, "a").await.len() == 20
+    })
+    .await;
+    wait_until("consumer a is inside its handler", || async { stuck.entered.load(Ordering::SeqCst) >= 1 }).await;
+    a.abort();
+    let killed = a.await.expect_err("consumer a was aborted");
+    assert!(killed.is_cancelled());
+    assert_eq!(stuck.entered.load(Ordering::SeqCst), 1, "a never got past its first entry");
+
+    let mut settings = env.settings(GROUP, "b", &[&stream]);
+    settings.min_idle = Duration::from_millis(300);
+    let b_token = CancellationToken::new();
+    let b = tokio::spawn(consumer(&env, settings, Arc::new(Recorder::default())).run(b_token.clone()));
+    wait_until("b applied all 20 events", || async { env.effects().await.len() == 20 }).await;
+    wait_until("nothing is pending", || async { env.pending(&stream, GROUP).await == 0 }).await;
+    stop(&b_token, b).await;
+
+    let effects = env.effects().await;
+    assert_eq!(effects.keys().copied().collect::<HashSet<_>>(), events);
+    assert!(effects.values().all(|n| *n == 1), "each event applied once: {effects:?}");
+    assert_eq!(env.processed_count().await, 20);
+    assert!(env.pending_of(&stream, GROUP, "a").await.is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_consumer_recreates_its_group_after_redis_loses_it() {
+    let env = TestEnv::new().await;
+    let stream = env.stream("capture");
+    let token = CancellationToken::new();
+    let task = tokio::spawn(
+        consumer(&env, env.settings(GROUP, "c1", &[&stream]), Arc::new(Recorder::default())).run(token.clone()),
+    );
+
+    let first = lead_captured();
+    env.publish(&stream, &first).await;
+    wait_until("the first event is applied", || async {
+        env.effects().await.contains_key(&event_id(&first))
+    })
+    .await;
+
+    let destroyed: i64 = redis::cmd("XGROUP")
+        .arg("DESTROY")
+        .arg(&stream)
+        .arg(GROUP)
+        .query_async(&mut env.conn())
+        .await
+        .expect("xgroup destroy");
+    assert_eq!(destroyed, 1, "the group existed and is gone");
+    let second = lead_captured();
+    env.publish(&stream, &second).await;
+
+    wait_until("the second event is applied", || async {
+        env.effects().await.contains_key(&event_id(&second))
+    })
+    .await;
+    wait_until("the recreated group has nothing pending", || async {
+        env.group(&stream, GROUP).await.is_some_and(|group| group.pending == 0)
+    })
+    .await;
+    stop(&token, task).await;
+
+    let effects = env.effects().await;
+    assert_eq!(effects.len(), 2);
+    assert!(effects.values().all(|n| *n == 1), "redelivery after recreation is not reapplied: {effects:?}");
+}
