@@ -17,16 +17,17 @@ use sqlx::{Connection, PgConnection};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 use tonic::transport::Channel;
+use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
-use tonic_health::pb::HealthCheckRequest;
 
 /// Key of the identity hashes in tests (32 bytes or more).
 pub const IDENTITY_HASH_KEY: &str = "e2e-identity-hash-key-0123456789abcdef";
 
 /// Returns the admin URL of the test Postgres server.
 pub fn admin_database_url() -> String {
-    std::env::var("LEADFLOW_TEST_DATABASE_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_owned())
+    std::env::var("LEADFLOW_TEST_DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_owned())
 }
 
 /// Returns the URL of the test Redis server.
@@ -55,7 +56,9 @@ impl TestEnv {
             .execute(&mut connection)
             .await
             .context("create test database")?;
-        let base = admin.rsplit_once('/').map_or(admin.as_str(), |(base, _)| base);
+        let base = admin
+            .rsplit_once('/')
+            .map_or(admin.as_str(), |(base, _)| base);
         let database_url = format!("{base}/{database}");
         let sink_dir = std::env::temp_dir().join(format!("leadflow-e2e-{database}"));
         Ok(Self {
@@ -69,7 +72,9 @@ impl TestEnv {
 
     /// Returns a connection to the test database, for asserting what services stored.
     pub async fn connect(&self) -> anyhow::Result<PgConnection> {
-        PgConnection::connect(&self.database_url).await.context("connect to test database")
+        PgConnection::connect(&self.database_url)
+            .await
+            .context("connect to test database")
     }
 
     /// Returns a Redis connection.
@@ -100,8 +105,14 @@ impl TestEnv {
             (format!("{prefix}SHUTDOWN_GRACE_MS"), "5000".to_owned()),
         ];
         match service {
-            Service::Capture => env.push(("CAPTURE_IDENTITY_HASH_KEY".to_owned(), IDENTITY_HASH_KEY.to_owned())),
-            Service::Messaging => env.push(("MESSAGING_SINK_DIR".to_owned(), self.sink_dir.display().to_string())),
+            Service::Capture => env.push((
+                "CAPTURE_IDENTITY_HASH_KEY".to_owned(),
+                IDENTITY_HASH_KEY.to_owned(),
+            )),
+            Service::Messaging => env.push((
+                "MESSAGING_SINK_DIR".to_owned(),
+                self.sink_dir.display().to_string(),
+            )),
             Service::Qualification | Service::Analytics => {}
         }
         env
@@ -173,18 +184,29 @@ impl Running {
             .arg("serve")
             .env_clear()
             .env("RUST_LOG", "info")
-            .envs(env.iter().map(|(key, value)| (key.as_str(), value.as_str())))
+            .envs(
+                env.iter()
+                    .map(|(key, value)| (key.as_str(), value.as_str())),
+            )
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .kill_on_drop(true);
-        let mut child = command.spawn().with_context(|| format!("spawn {}", service.binary()))?;
+        let mut child = command
+            .spawn()
+            .with_context(|| format!("spawn {}", service.binary()))?;
         let logs = Arc::new(Mutex::new(Vec::new()));
         let (addr_tx, mut addr_rx) = tokio::sync::mpsc::channel::<SocketAddr>(1);
         let show = std::env::var("TEST_LOG").is_ok();
         for stream in [
-            child.stdout.take().map(|out| Box::new(out) as Box<dyn tokio::io::AsyncRead + Unpin + Send>),
-            child.stderr.take().map(|err| Box::new(err) as Box<dyn tokio::io::AsyncRead + Unpin + Send>),
+            child
+                .stdout
+                .take()
+                .map(|out| Box::new(out) as Box<dyn tokio::io::AsyncRead + Unpin + Send>),
+            child
+                .stderr
+                .take()
+                .map(|err| Box::new(err) as Box<dyn tokio::io::AsyncRead + Unpin + Send>),
         ]
         .into_iter()
         .flatten()
@@ -200,7 +222,9 @@ impl Running {
                     }
                     if let Ok(value) = serde_json::from_str::<serde_json::Value>(&line)
                         && value["message"] == "serving"
-                        && let Some(addr) = value["grpc_addr"].as_str().and_then(|addr| addr.parse().ok())
+                        && let Some(addr) = value["grpc_addr"]
+                            .as_str()
+                            .and_then(|addr| addr.parse().ok())
                     {
                         let _sent = addr_tx.send(addr).await;
                     }
@@ -242,14 +266,19 @@ impl Running {
 
     /// Returns every line the process wrote so far.
     pub fn logs(&self) -> Vec<String> {
-        self.logs.lock().map(|logs| logs.clone()).unwrap_or_default()
+        self.logs
+            .lock()
+            .map(|logs| logs.clone())
+            .unwrap_or_default()
     }
 
     /// Returns the health status of the whole server.
     pub async fn health(&self) -> anyhow::Result<ServingStatus> {
         let mut client = HealthClient::new(self.channel().await?);
         let response = client
-            .check(HealthCheckRequest { service: String::new() })
+            .check(HealthCheckRequest {
+                service: String::new(),
+            })
             .await
             .context("health check")?;
         Ok(response.into_inner().status())
@@ -304,19 +333,27 @@ impl Suite {
     }
 
     pub async fn capture(&self) -> anyhow::Result<CaptureServiceClient<Channel>> {
-        Ok(CaptureServiceClient::new(self.running(Service::Capture).channel().await?))
+        Ok(CaptureServiceClient::new(
+            self.running(Service::Capture).channel().await?,
+        ))
     }
 
     pub async fn qualification(&self) -> anyhow::Result<QualificationServiceClient<Channel>> {
-        Ok(QualificationServiceClient::new(self.running(Service::Qualification).channel().await?))
+        Ok(QualificationServiceClient::new(
+            self.running(Service::Qualification).channel().await?,
+        ))
     }
 
     pub async fn messaging(&self) -> anyhow::Result<MessagingServiceClient<Channel>> {
-        Ok(MessagingServiceClient::new(self.running(Service::Messaging).channel().await?))
+        Ok(MessagingServiceClient::new(
+            self.running(Service::Messaging).channel().await?,
+        ))
     }
 
     pub async fn analytics(&self) -> anyhow::Result<AnalyticsServiceClient<Channel>> {
-        Ok(AnalyticsServiceClient::new(self.running(Service::Analytics).channel().await?))
+        Ok(AnalyticsServiceClient::new(
+            self.running(Service::Analytics).channel().await?,
+        ))
     }
 
     /// Returns every log line of every service.

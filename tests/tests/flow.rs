@@ -5,7 +5,9 @@ use std::time::Duration;
 
 use leadflow_e2e::{Service, Suite, eventually};
 use leadflow_proto::analytics::v1::GetFunnelRequest;
-use leadflow_proto::capture::v1::{CaptureLeadRequest, GetLeadRequest as CaptureGetLead, LeadInput};
+use leadflow_proto::capture::v1::{
+    CaptureLeadRequest, GetLeadRequest as CaptureGetLead, LeadInput,
+};
 use leadflow_proto::events::v1::{InboundKind, LeadStage, MessageChannel};
 use leadflow_proto::messaging::v1::{ListMessagesRequest, RecordInboundRequest};
 use leadflow_proto::qualification::v1::GetLeadRequest;
@@ -44,7 +46,9 @@ async fn a_captured_lead_flows_through_every_service() -> anyhow::Result<()> {
     let captured = suite
         .capture()
         .await?
-        .capture_lead(CaptureLeadRequest { lead: Some(canary_lead()) })
+        .capture_lead(CaptureLeadRequest {
+            lead: Some(canary_lead()),
+        })
         .await?
         .into_inner()
         .lead
@@ -57,7 +61,9 @@ async fn a_captured_lead_flows_through_every_service() -> anyhow::Result<()> {
     let stored = suite
         .capture()
         .await?
-        .get_lead(CaptureGetLead { lead_id: lead_id.clone() })
+        .get_lead(CaptureGetLead {
+            lead_id: lead_id.clone(),
+        })
         .await?
         .into_inner()
         .lead
@@ -79,10 +85,19 @@ async fn a_captured_lead_flows_through_every_service() -> anyhow::Result<()> {
     })
     .await?;
     assert_eq!(qualified.stage(), LeadStage::Lead);
-    let fired: Vec<(&str, i32)> = qualified.hits.iter().map(|hit| (hit.rule_id.as_str(), hit.points)).collect();
+    let fired: Vec<(&str, i32)> = qualified
+        .hits
+        .iter()
+        .map(|hit| (hit.rule_id.as_str(), hit.points))
+        .collect();
     assert_eq!(
         fired,
-        [("fit.business_email", 20), ("fit.has_phone", 10), ("fit.has_company", 10), ("fit.warm_channel", 15)]
+        [
+            ("fit.business_email", 20),
+            ("fit.has_phone", 10),
+            ("fit.has_company", 10),
+            ("fit.warm_channel", 15)
+        ]
     );
     assert_eq!(qualified.fit_score, 55);
     assert_eq!(qualified.total_score, 55);
@@ -94,7 +109,11 @@ async fn a_captured_lead_flows_through_every_service() -> anyhow::Result<()> {
         let mut client = messaging.clone();
         let lead_id = lead_id.clone();
         async move {
-            let messages = client.list_messages(ListMessagesRequest { lead_id }).await?.into_inner().messages;
+            let messages = client
+                .list_messages(ListMessagesRequest { lead_id })
+                .await?
+                .into_inner()
+                .messages;
             Ok(Some(messages).filter(|messages| !messages.is_empty()))
         }
     })
@@ -103,9 +122,15 @@ async fn a_captured_lead_flows_through_every_service() -> anyhow::Result<()> {
     assert_eq!(messages[0].template, "welcome");
     assert_eq!(messages[0].provider, "sink");
     assert_eq!(messages[0].subject, "Welcome, Canaryfirst");
-    let sink_file = suite.env.sink_dir.join(format!("{}.eml", messages[0].message_id));
+    let sink_file = suite
+        .env
+        .sink_dir
+        .join(format!("{}.eml", messages[0].message_id));
     let mail = std::fs::read_to_string(&sink_file)?;
-    assert!(mail.contains("To: canary.person@canary-corp.example"), "{mail}");
+    assert!(
+        mail.contains("To: canary.person@canary-corp.example"),
+        "{mail}"
+    );
     assert!(mail.contains("Hello Canaryfirst,"), "{mail}");
 
     // 4. a reply makes the lead a prospect, with the history kept.
@@ -129,12 +154,19 @@ async fn a_captured_lead_flows_through_every_service() -> anyhow::Result<()> {
         })
         .await?
         .into_inner();
-    assert_eq!(retried.inbound_id, inbound.inbound_id, "a retry returns the first answer");
+    assert_eq!(
+        retried.inbound_id, inbound.inbound_id,
+        "a retry returns the first answer"
+    );
     let prospect = eventually("lead became a prospect", WAIT, || {
         let mut client = qualification.clone();
         let lead_id = lead_id.clone();
         async move {
-            let lead = client.get_lead(GetLeadRequest { lead_id }).await?.into_inner().lead;
+            let lead = client
+                .get_lead(GetLeadRequest { lead_id })
+                .await?
+                .into_inner()
+                .lead;
             Ok(lead.filter(|lead| lead.stage() == LeadStage::Prospect))
         }
     })
@@ -142,7 +174,13 @@ async fn a_captured_lead_flows_through_every_service() -> anyhow::Result<()> {
     let moves: Vec<(LeadStage, LeadStage, &str)> = prospect
         .history
         .iter()
-        .map(|transition| (transition.from_stage(), transition.to_stage(), transition.actor.as_str()))
+        .map(|transition| {
+            (
+                transition.from_stage(),
+                transition.to_stage(),
+                transition.actor.as_str(),
+            )
+        })
         .collect();
     assert_eq!(
         moves,
@@ -157,22 +195,38 @@ async fn a_captured_lead_flows_through_every_service() -> anyhow::Result<()> {
     let funnel = eventually("funnel shows the prospect", WAIT, || {
         let mut client = analytics.clone();
         async move {
-            let funnel = client.get_funnel(GetFunnelRequest::default()).await?.into_inner();
-            let prospects = funnel.stages.iter().find(|count| count.stage() == LeadStage::Prospect).map(|count| count.leads);
+            let funnel = client
+                .get_funnel(GetFunnelRequest::default())
+                .await?
+                .into_inner();
+            let prospects = funnel
+                .stages
+                .iter()
+                .find(|count| count.stage() == LeadStage::Prospect)
+                .map(|count| count.leads);
             Ok(Some(funnel).filter(|_| prospects == Some(1)))
         }
     })
     .await?;
     assert_eq!(funnel.total_leads, 1);
-    let stages: Vec<(LeadStage, i64)> = funnel.stages.iter().map(|count| (count.stage(), count.leads)).collect();
+    let stages: Vec<(LeadStage, i64)> = funnel
+        .stages
+        .iter()
+        .map(|count| (count.stage(), count.leads))
+        .collect();
     assert_eq!(stages[0], (LeadStage::Lead, 0));
     assert_eq!(stages[1], (LeadStage::Prospect, 1));
     assert_eq!(stages.len(), 7);
-    let cells: Vec<(&str, LeadStage, i64)> =
-        funnel.channels.iter().map(|cell| (cell.channel.as_str(), cell.stage(), cell.leads)).collect();
+    let cells: Vec<(&str, LeadStage, i64)> = funnel
+        .channels
+        .iter()
+        .map(|cell| (cell.channel.as_str(), cell.stage(), cell.leads))
+        .collect();
     assert_eq!(cells, [("referral", LeadStage::Prospect, 1)]);
     let web_only = analytics
-        .get_funnel(GetFunnelRequest { channel: "web".into() })
+        .get_funnel(GetFunnelRequest {
+            channel: "web".into(),
+        })
         .await?
         .into_inner();
     assert_eq!(web_only.total_leads, 0);
@@ -180,7 +234,14 @@ async fn a_captured_lead_flows_through_every_service() -> anyhow::Result<()> {
     // No personal data in any log line of any service.
     let logs = suite.all_logs();
     assert!(logs.len() > 10, "services logged: {}", logs.len());
-    for canary in ["canary.person", "Canary.Person", "Canaryfirst", "Canarylast", "555-0199", "4155550199"] {
+    for canary in [
+        "canary.person",
+        "Canary.Person",
+        "Canaryfirst",
+        "Canarylast",
+        "555-0199",
+        "4155550199",
+    ] {
         let leaked: Vec<&String> = logs.iter().filter(|line| line.contains(canary)).collect();
         assert!(leaked.is_empty(), "{canary} leaked into logs: {leaked:?}");
     }
@@ -188,7 +249,8 @@ async fn a_captured_lead_flows_through_every_service() -> anyhow::Result<()> {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn a_lead_with_a_bad_email_and_phone_is_rejected_naming_both_and_nothing_is_stored() -> anyhow::Result<()> {
+async fn a_lead_with_a_bad_email_and_phone_is_rejected_naming_both_and_nothing_is_stored()
+-> anyhow::Result<()> {
     let suite = Suite::start().await?;
     let status = suite
         .capture()
@@ -221,8 +283,12 @@ async fn a_lead_with_a_bad_email_and_phone_is_rejected_naming_both_and_nothing_i
     assert_eq!(missing.code(), Code::InvalidArgument);
 
     let mut db = suite.env.connect().await?;
-    let (leads,): (i64,) = sqlx::query_as("SELECT count(*) FROM capture.leads").fetch_one(&mut db).await?;
-    let (events,): (i64,) = sqlx::query_as("SELECT count(*) FROM capture.outbox").fetch_one(&mut db).await?;
+    let (leads,): (i64,) = sqlx::query_as("SELECT count(*) FROM capture.leads")
+        .fetch_one(&mut db)
+        .await?;
+    let (events,): (i64,) = sqlx::query_as("SELECT count(*) FROM capture.outbox")
+        .fetch_one(&mut db)
+        .await?;
     assert_eq!((leads, events), (0, 0));
     let mut redis = suite.env.redis().await?;
     let entries: i64 = redis::cmd("XLEN")
@@ -239,14 +305,19 @@ async fn a_redelivered_event_changes_analytics_counts_once() -> anyhow::Result<(
     let mut capture = suite.capture().await?;
     let analytics = suite.analytics().await?;
     capture
-        .capture_lead(CaptureLeadRequest { lead: Some(canary_lead()) })
+        .capture_lead(CaptureLeadRequest {
+            lead: Some(canary_lead()),
+        })
         .await?;
     let stream = suite.env.stream("leadflow.capture.v1");
     let mut redis = suite.env.redis().await?;
     eventually("first lead counted", WAIT, || {
         let mut client = analytics.clone();
         async move {
-            let funnel = client.get_funnel(GetFunnelRequest::default()).await?.into_inner();
+            let funnel = client
+                .get_funnel(GetFunnelRequest::default())
+                .await?
+                .into_inner();
             Ok(Some(()).filter(|()| funnel.total_leads == 1))
         }
     })
@@ -286,23 +357,35 @@ async fn a_redelivered_event_changes_analytics_counts_once() -> anyhow::Result<(
     let funnel = eventually("second lead counted", WAIT, || {
         let mut client = analytics.clone();
         async move {
-            let funnel = client.get_funnel(GetFunnelRequest::default()).await?.into_inner();
-            Ok(Some(funnel).filter(|funnel| funnel.channels.iter().any(|cell| cell.channel == "web")))
+            let funnel = client
+                .get_funnel(GetFunnelRequest::default())
+                .await?
+                .into_inner();
+            Ok(Some(funnel)
+                .filter(|funnel| funnel.channels.iter().any(|cell| cell.channel == "web")))
         }
     })
     .await?;
-    assert_eq!(funnel.total_leads, 2, "the redelivered capture must not count twice");
+    assert_eq!(
+        funnel.total_leads, 2,
+        "the redelivered capture must not count twice"
+    );
     let pending: redis::streams::StreamPendingReply = redis::cmd("XPENDING")
         .arg(&stream)
         .arg("analytics")
         .query_async(&mut redis)
         .await?;
-    assert_eq!(pending.count(), 0, "the duplicate is acknowledged, not left pending");
+    assert_eq!(
+        pending.count(),
+        0,
+        "the duplicate is acknowledged, not left pending"
+    );
     let mut db = suite.env.connect().await?;
-    let (captured_events,): (i64,) =
-        sqlx::query_as("SELECT events FROM analytics.event_counts WHERE event_type = 'lead.captured'")
-            .fetch_one(&mut db)
-            .await?;
+    let (captured_events,): (i64,) = sqlx::query_as(
+        "SELECT events FROM analytics.event_counts WHERE event_type = 'lead.captured'",
+    )
+    .fetch_one(&mut db)
+    .await?;
     assert_eq!(captured_events, 2);
     Ok(())
 }
@@ -326,9 +409,10 @@ async fn sigterm_drains_and_exits_cleanly_with_the_outbox_flushed() -> anyhow::R
     let status = running.terminate(Duration::from_secs(15)).await?;
     assert!(status.success(), "capture exited with {status}");
     let mut db = env.connect().await?;
-    let (unpublished,): (i64,) = sqlx::query_as("SELECT count(*) FROM capture.outbox WHERE published_at IS NULL")
-        .fetch_one(&mut db)
-        .await?;
+    let (unpublished,): (i64,) =
+        sqlx::query_as("SELECT count(*) FROM capture.outbox WHERE published_at IS NULL")
+            .fetch_one(&mut db)
+            .await?;
     assert_eq!(unpublished, 0);
     let mut redis = env.redis().await?;
     let entries: i64 = redis::cmd("XLEN")

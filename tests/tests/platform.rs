@@ -20,7 +20,16 @@ fn free_port() -> anyhow::Result<u16> {
 
 fn start_redis(port: u16, dir: &std::path::Path) -> anyhow::Result<Child> {
     Ok(Command::new("redis-server")
-        .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+        .args([
+            "--port",
+            &port.to_string(),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+        ])
         .arg("--dir")
         .arg(dir)
         .stdout(Stdio::null())
@@ -33,7 +42,11 @@ async fn wait_for_redis(url: &str) -> anyhow::Result<()> {
     eventually("redis accepts connections", WAIT, || async {
         let client = redis::Client::open(url)?;
         Ok(match client.get_multiplexed_async_connection().await {
-            Ok(mut connection) => redis::cmd("PING").query_async::<String>(&mut connection).await.ok().map(|_| ()),
+            Ok(mut connection) => redis::cmd("PING")
+                .query_async::<String>(&mut connection)
+                .await
+                .ok()
+                .map(|_| ()),
             Err(_) => None,
         })
     })
@@ -41,7 +54,8 @@ async fn wait_for_redis(url: &str) -> anyhow::Result<()> {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn health_is_not_serving_while_redis_is_down_and_serving_after_it_returns() -> anyhow::Result<()> {
+async fn health_is_not_serving_while_redis_is_down_and_serving_after_it_returns()
+-> anyhow::Result<()> {
     let port = free_port()?;
     let dir = std::env::temp_dir().join(format!("leadflow-e2e-redis-{port}"));
     std::fs::create_dir_all(&dir)?;
@@ -89,14 +103,20 @@ async fn a_missing_variable_stops_start_up_naming_it() -> anyhow::Result<()> {
     let output = Command::new(binary_path("qualification")?)
         .arg("serve")
         .env_clear()
-        .env("QUALIFICATION_DATABASE_URL", "postgres://postgres@127.0.0.1/x")
+        .env(
+            "QUALIFICATION_DATABASE_URL",
+            "postgres://postgres@127.0.0.1/x",
+        )
         .env("QUALIFICATION_REDIS_URL", "redis://127.0.0.1:6379")
         .env("QUALIFICATION_CONSUMER_MAX_DELIVERIES", "many")
         .output()
         .await?;
     assert_eq!(output.status.code(), Some(64));
     let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(stderr.contains("QUALIFICATION_CONSUMER_MAX_DELIVERIES"), "{stderr}");
+    assert!(
+        stderr.contains("QUALIFICATION_CONSUMER_MAX_DELIVERIES"),
+        "{stderr}"
+    );
     Ok(())
 }
 
@@ -106,28 +126,51 @@ async fn reflection_lists_the_services_in_both_versions() -> anyhow::Result<()> 
     let env = TestEnv::create().await?;
     let capture = Running::start(Service::Capture, &env.service_env(Service::Capture)).await?;
 
-    let mut client = v1::server_reflection_client::ServerReflectionClient::new(capture.channel().await?);
+    let mut client =
+        v1::server_reflection_client::ServerReflectionClient::new(capture.channel().await?);
     let request = v1::ServerReflectionRequest {
         host: String::new(),
-        message_request: Some(v1::server_reflection_request::MessageRequest::ListServices(String::new())),
+        message_request: Some(v1::server_reflection_request::MessageRequest::ListServices(
+            String::new(),
+        )),
     };
-    let mut responses = client.server_reflection_info(tokio_stream_once(request)).await?.into_inner();
+    let mut responses = client
+        .server_reflection_info(tokio_stream_once(request))
+        .await?
+        .into_inner();
     let response = responses.message().await?.expect("a reflection response");
-    let Some(v1::server_reflection_response::MessageResponse::ListServicesResponse(list)) = response.message_response
+    let Some(v1::server_reflection_response::MessageResponse::ListServicesResponse(list)) =
+        response.message_response
     else {
         panic!("unexpected reflection response");
     };
-    let names: Vec<String> = list.service.into_iter().map(|service| service.name).collect();
-    for expected in ["leadflow.capture.v1.CaptureService", "grpc.health.v1.Health"] {
-        assert!(names.iter().any(|name| name == expected), "{expected} missing from {names:?}");
+    let names: Vec<String> = list
+        .service
+        .into_iter()
+        .map(|service| service.name)
+        .collect();
+    for expected in [
+        "leadflow.capture.v1.CaptureService",
+        "grpc.health.v1.Health",
+    ] {
+        assert!(
+            names.iter().any(|name| name == expected),
+            "{expected} missing from {names:?}"
+        );
     }
 
-    let mut alpha = v1alpha::server_reflection_client::ServerReflectionClient::new(capture.channel().await?);
+    let mut alpha =
+        v1alpha::server_reflection_client::ServerReflectionClient::new(capture.channel().await?);
     let request = v1alpha::ServerReflectionRequest {
         host: String::new(),
-        message_request: Some(v1alpha::server_reflection_request::MessageRequest::ListServices(String::new())),
+        message_request: Some(
+            v1alpha::server_reflection_request::MessageRequest::ListServices(String::new()),
+        ),
     };
-    let mut responses = alpha.server_reflection_info(tokio_stream_once(request)).await?.into_inner();
+    let mut responses = alpha
+        .server_reflection_info(tokio_stream_once(request))
+        .await?
+        .into_inner();
     let response = responses.message().await?.expect("a reflection response");
     assert!(matches!(
         response.message_response,
@@ -140,7 +183,9 @@ fn tokio_stream_once<T: Send + 'static>(item: T) -> impl tonic::IntoStreamingReq
     futures_once(item)
 }
 
-fn futures_once<T: Send + 'static>(item: T) -> impl tokio_stream::Stream<Item = T> + Send + 'static {
+fn futures_once<T: Send + 'static>(
+    item: T,
+) -> impl tokio_stream::Stream<Item = T> + Send + 'static {
     tokio_stream::once(item)
 }
 

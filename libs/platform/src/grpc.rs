@@ -16,7 +16,10 @@ pub fn server_span(request: &http::Request<()>) -> tracing::Span {
 pub struct PropagateTrace;
 
 impl tonic::service::Interceptor for PropagateTrace {
-    fn call(&mut self, mut request: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+    fn call(
+        &mut self,
+        mut request: tonic::Request<()>,
+    ) -> Result<tonic::Request<()>, tonic::Status> {
         let traceparent = crate::telemetry::current_traceparent();
         if let Ok(value) = MetadataValue::try_from(traceparent.as_str())
             && !traceparent.is_empty()

@@ -37,7 +37,11 @@ impl HealthMonitor {
     }
 
     /// Sets every reported name to `status`.
-    pub async fn report(reporter: &HealthReporter, services: &[&'static str], status: ServingStatus) {
+    pub async fn report(
+        reporter: &HealthReporter,
+        services: &[&'static str],
+        status: ServingStatus,
+    ) {
         reporter.set_service_status("", status).await;
         for service in services {
             reporter.set_service_status(*service, status).await;

@@ -119,9 +119,11 @@ impl ServiceHost {
 
     /// Runs `handler` over `streams` in this service's consumer group while serving.
     pub fn consume<H: EventHandler>(&mut self, streams: &[&str], handler: Arc<H>) {
-        let consumer_name = self.config.consumer_name.clone().unwrap_or_else(|| {
-            format!("{}-{}", self.name, uuid::Uuid::new_v4().simple())
-        });
+        let consumer_name = self
+            .config
+            .consumer_name
+            .clone()
+            .unwrap_or_else(|| format!("{}-{}", self.name, uuid::Uuid::new_v4().simple()));
         let settings = ConsumerSettings {
             group: self.name.to_owned(),
             consumer: consumer_name,
@@ -248,7 +250,10 @@ pub enum Command {
 }
 
 #[derive(Debug, clap::Parser)]
-#[command(version, about = "A leadflow service; configured through its environment variables (see README)")]
+#[command(
+    version,
+    about = "A leadflow service; configured through its environment variables (see README)"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Option<Command>,
@@ -257,6 +262,8 @@ struct Cli {
 impl Command {
     /// Parses the process arguments; no subcommand means `serve`.
     pub fn from_args() -> Self {
-        <Cli as clap::Parser>::parse().command.unwrap_or(Command::Serve)
+        <Cli as clap::Parser>::parse()
+            .command
+            .unwrap_or(Command::Serve)
     }
 }

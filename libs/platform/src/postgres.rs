@@ -30,11 +30,17 @@ pub async fn connect(url: &SecretString, schema: &'static str) -> anyhow::Result
 ///
 /// The schema must exist before migrating so that `_sqlx_migrations` lands in it (IOx does
 /// the same). Both migrators share that table, so each ignores the other's versions.
-pub async fn migrate(pool: &PgPool, schema: &'static str, service: &Migrator) -> anyhow::Result<()> {
-    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE SCHEMA IF NOT EXISTS {schema}")))
-        .execute(pool)
-        .await
-        .context("create schema")?;
+pub async fn migrate(
+    pool: &PgPool,
+    schema: &'static str,
+    service: &Migrator,
+) -> anyhow::Result<()> {
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "CREATE SCHEMA IF NOT EXISTS {schema}"
+    )))
+    .execute(pool)
+    .await
+    .context("create schema")?;
     for (name, source) in [("platform", &PLATFORM_MIGRATOR), ("service", service)] {
         let mut migrator = Migrator::with_migrations(source.iter().cloned().collect());
         migrator.set_ignore_missing(true);

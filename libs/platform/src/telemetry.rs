@@ -90,7 +90,10 @@ pub fn set_parent_from_traceparent(span: &tracing::Span, traceparent: &str) {
 
 /// Makes the remote parent found in HTTP/2 headers (gRPC metadata) the parent of `span`.
 pub fn set_parent_from_headers(span: &tracing::Span, headers: &tonic::codegen::http::HeaderMap) {
-    if let Some(value) = headers.get(TRACEPARENT).and_then(|value| value.to_str().ok()) {
+    if let Some(value) = headers
+        .get(TRACEPARENT)
+        .and_then(|value| value.to_str().ok())
+    {
         set_parent_from_traceparent(span, value);
     }
 }

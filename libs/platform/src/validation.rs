@@ -40,7 +40,11 @@ impl FieldViolations {
 
     /// Returns `Ok(value)` when nothing was recorded, else the violations.
     pub fn into_result<T>(self, value: T) -> Result<T, FieldViolations> {
-        if self.0.is_empty() { Ok(value) } else { Err(self) }
+        if self.0.is_empty() {
+            Ok(value)
+        } else {
+            Err(self)
+        }
     }
 
     /// Converts into an `INVALID_ARGUMENT` status carrying a `BadRequest`.
@@ -54,7 +58,11 @@ impl FieldViolations {
 }
 
 /// Parses a UUID request field, recording a violation when it is missing or malformed.
-pub fn parse_uuid(violations: &mut FieldViolations, field: &str, value: &str) -> Option<uuid::Uuid> {
+pub fn parse_uuid(
+    violations: &mut FieldViolations,
+    field: &str,
+    value: &str,
+) -> Option<uuid::Uuid> {
     if value.trim().is_empty() {
         violations.add(field, "is required");
         return None;
@@ -104,7 +112,10 @@ mod tests {
         assert_eq!(parse_uuid(&mut violations, "lead_id", ""), None);
         assert_eq!(parse_uuid(&mut violations, "lead_id", "nope"), None);
         let id = uuid::Uuid::now_v7();
-        assert_eq!(parse_uuid(&mut violations, "lead_id", &id.to_string()), Some(id));
+        assert_eq!(
+            parse_uuid(&mut violations, "lead_id", &id.to_string()),
+            Some(id)
+        );
         let descriptions: Vec<&str> = violations
             .violations()
             .iter()

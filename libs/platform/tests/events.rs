@@ -86,11 +86,17 @@ async fn an_event_committed_while_the_relay_is_stopped_arrives_once_after_restar
     let outbox = outbox(&stream);
 
     let event = add_committed(&env, &outbox).await;
-    assert!(!env.exists(&stream).await, "nothing is published while no relay runs");
+    assert!(
+        !env.exists(&stream).await,
+        "nothing is published while no relay runs"
+    );
 
     let token = CancellationToken::new();
     let task = tokio::spawn(relay(&env).run(token.clone()));
-    wait_until("the stream has the event", || async { env.xlen(&stream).await >= 1 }).await;
+    wait_until("the stream has the event", || async {
+        env.xlen(&stream).await >= 1
+    })
+    .await;
     stop(&token, task).await;
 
     // A second instance, started and stopped, and one more drain publish nothing new.
@@ -101,7 +107,11 @@ async fn an_event_committed_while_the_relay_is_stopped_arrives_once_after_restar
     assert_eq!(relay(&env).drain().await.expect("drain"), 0);
 
     let envelopes = env.envelopes(&stream).await;
-    assert_eq!(envelopes.len(), 1, "the stream holds the event exactly once");
+    assert_eq!(
+        envelopes.len(),
+        1,
+        "the stream holds the event exactly once"
+    );
     assert_eq!(envelopes[0].event_id, event);
     assert_eq!(envelopes[0].event_type, types::LEAD_CAPTURED);
     let (_, published) = env.outbox_row(&event).await;
@@ -139,7 +149,10 @@ async fn two_relays_publish_each_row_exactly_once() {
             .expect("drain task");
     }
 
-    assert_eq!(published, 500, "the relays report 500 publications between them");
+    assert_eq!(
+        published, 500,
+        "the relays report 500 publications between them"
+    );
     let ids: Vec<String> = env
         .envelopes(&stream)
         .await
@@ -162,13 +175,24 @@ async fn a_row_committing_after_a_higher_id_is_still_published() {
     let mut slow = env.pool.begin().await.expect("begin slow transaction");
     let early = add(&mut slow, &outbox).await;
     let late = add_committed(&env, &outbox).await;
-    assert_eq!(relay.drain().await.expect("first drain"), 1, "only the committed row is visible");
+    assert_eq!(
+        relay.drain().await.expect("first drain"),
+        1,
+        "only the committed row is visible"
+    );
     slow.commit().await.expect("commit slow transaction");
-    assert_eq!(relay.drain().await.expect("second drain"), 1, "the slow row is published");
+    assert_eq!(
+        relay.drain().await.expect("second drain"),
+        1,
+        "the slow row is published"
+    );
 
     let (early_id, early_published) = env.outbox_row(&early).await;
     let (late_id, late_published) = env.outbox_row(&late).await;
-    assert!(early_id < late_id, "the slow row holds the lower id ({early_id} vs {late_id})");
+    assert!(
+        early_id < late_id,
+        "the slow row holds the lower id ({early_id} vs {late_id})"
+    );
     assert!(early_published && late_published);
     let ids: Vec<String> = env
         .envelopes(&stream)
@@ -189,7 +213,9 @@ async fn the_same_entry_delivered_twice_is_applied_once() {
 
     let token = CancellationToken::new();
     let handler = Arc::new(Recorder::default());
-    let task = tokio::spawn(consumer(&env, env.settings(GROUP, "c1", &[&stream]), handler).run(token.clone()));
+    let task = tokio::spawn(
+        consumer(&env, env.settings(GROUP, "c1", &[&stream]), handler).run(token.clone()),
+    );
     wait_until("both entries are delivered and acknowledged", || async {
         env.group(&stream, GROUP)
             .await
@@ -200,7 +226,11 @@ async fn the_same_entry_delivered_twice_is_applied_once() {
 
     let effects = env.effects().await;
     assert_eq!(effects.len(), 1);
-    assert_eq!(effects.get(&event_id(&envelope)), Some(&1), "the effect happened once");
+    assert_eq!(
+        effects.get(&event_id(&envelope)),
+        Some(&1),
+        "the effect happened once"
+    );
     assert_eq!(env.processed_count().await, 1);
 }
 
@@ -234,13 +264,26 @@ async fn an_entry_that_always_fails_is_dead_lettered_and_does_not_block_the_next
         good.iter().all(|id| effects.contains_key(id))
     })
     .await;
-    wait_until("the poison is dead-lettered", || async { env.xlen(&dlq).await >= 1 }).await;
-    wait_until("nothing is pending", || async { env.pending(&stream, GROUP).await == 0 }).await;
+    wait_until("the poison is dead-lettered", || async {
+        env.xlen(&dlq).await >= 1
+    })
+    .await;
+    wait_until("nothing is pending", || async {
+        env.pending(&stream, GROUP).await == 0
+    })
+    .await;
     stop(&token, task).await;
 
     let effects = env.effects().await;
-    assert_eq!(effects.len(), 5, "only the good events have effects: {effects:?}");
-    assert!(effects.values().all(|n| *n == 1), "each good event applied once: {effects:?}");
+    assert_eq!(
+        effects.len(),
+        5,
+        "only the good events have effects: {effects:?}"
+    );
+    assert!(
+        effects.values().all(|n| *n == 1),
+        "each good event applied once: {effects:?}"
+    );
     assert_eq!(
         handler.poison_attempts.load(Ordering::SeqCst),
         3,
@@ -249,18 +292,34 @@ async fn an_entry_that_always_fails_is_dead_lettered_and_does_not_block_the_next
     let parked = env.entries(&dlq).await;
     assert_eq!(parked.len(), 1, "the poison is parked once");
     let parked = &parked[0];
-    assert_eq!(parked.get::<String>("entry_id").as_deref(), Some(poison_entry.as_str()));
-    assert_eq!(parked.get::<String>("error_class").as_deref(), Some("max_deliveries"));
+    assert_eq!(
+        parked.get::<String>("entry_id").as_deref(),
+        Some(poison_entry.as_str())
+    );
+    assert_eq!(
+        parked.get::<String>("error_class").as_deref(),
+        Some("max_deliveries")
+    );
     let deliveries: usize = parked.get("deliveries").expect("deliveries field");
-    assert!(deliveries > 3, "parked after more than max_deliveries deliveries, got {deliveries}");
+    assert!(
+        deliveries > 3,
+        "parked after more than max_deliveries deliveries, got {deliveries}"
+    );
     let error: String = parked.get("error").expect("error field");
-    assert!(error.contains("poison event"), "the last handler error is kept: {error}");
+    assert!(
+        error.contains("poison event"),
+        "the last handler error is kept: {error}"
+    );
     assert_eq!(
         parked.get::<Vec<u8>>(ENVELOPE_FIELD),
         Some(prost::Message::encode_to_vec(&poison)),
         "the parked entry carries the original envelope"
     );
-    assert_eq!(env.processed_count().await, 5, "the poison is not recorded as processed");
+    assert_eq!(
+        env.processed_count().await,
+        5,
+        "the poison is not recorded as processed"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -270,7 +329,10 @@ async fn an_undecodable_entry_is_dead_lettered_at_once() {
     let dlq = format!("{stream}{DLQ_SUFFIX}");
     // A varint longer than ten bytes: never a valid protobuf message.
     let garbage = vec![0xff_u8; 16];
-    assert!(<leadflow_proto::events::v1::Envelope as prost::Message>::decode(garbage.as_slice()).is_err());
+    assert!(
+        <leadflow_proto::events::v1::Envelope as prost::Message>::decode(garbage.as_slice())
+            .is_err()
+    );
     let garbage_entry = env.xadd(&stream, types::LEAD_CAPTURED, &garbage).await;
     let good = lead_captured();
     env.publish(&stream, &good).await;
@@ -279,21 +341,34 @@ async fn an_undecodable_entry_is_dead_lettered_at_once() {
     // A min idle far beyond the test: only an immediate dead-lettering can park the entry.
     settings.min_idle = Duration::from_secs(60);
     let token = CancellationToken::new();
-    let task = tokio::spawn(consumer(&env, settings, Arc::new(Recorder::default())).run(token.clone()));
+    let task =
+        tokio::spawn(consumer(&env, settings, Arc::new(Recorder::default())).run(token.clone()));
 
     wait_until("the good event is applied", || async {
         env.effects().await.contains_key(&event_id(&good))
     })
     .await;
-    wait_until("the garbage is dead-lettered", || async { env.xlen(&dlq).await >= 1 }).await;
-    wait_until("nothing is pending", || async { env.pending(&stream, GROUP).await == 0 }).await;
+    wait_until("the garbage is dead-lettered", || async {
+        env.xlen(&dlq).await >= 1
+    })
+    .await;
+    wait_until("nothing is pending", || async {
+        env.pending(&stream, GROUP).await == 0
+    })
+    .await;
     stop(&token, task).await;
 
     let parked = env.entries(&dlq).await;
     assert_eq!(parked.len(), 1);
     let parked = &parked[0];
-    assert_eq!(parked.get::<String>("entry_id").as_deref(), Some(garbage_entry.as_str()));
-    assert_eq!(parked.get::<String>("error_class").as_deref(), Some("undecodable"));
+    assert_eq!(
+        parked.get::<String>("entry_id").as_deref(),
+        Some(garbage_entry.as_str())
+    );
+    assert_eq!(
+        parked.get::<String>("error_class").as_deref(),
+        Some("undecodable")
+    );
     assert_eq!(parked.get::<usize>("deliveries"), Some(1));
     assert_eq!(parked.get::<Vec<u8>>(ENVELOPE_FIELD), Some(garbage));
     assert_eq!(env.effects().await.len(), 1);
@@ -313,28 +388,47 @@ async fn pending_entries_of_a_killed_consumer_are_taken_over_via_xautoclaim() {
     // Consumer "a" reads all 20 in one batch and hangs inside the handler on the first.
     let stuck = Arc::new(Stuck::default());
     let a_token = CancellationToken::new();
-    let a = tokio::spawn(consumer(&env, env.settings(GROUP, "a", &[&stream]), stuck.clone()).run(a_token.clone()));
+    let a = tokio::spawn(
+        consumer(&env, env.settings(GROUP, "a", &[&stream]), stuck.clone()).run(a_token.clone()),
+    );
     wait_until("consumer a holds the 20 entries", || async {
         env.pending_of(&stream, GROUP, "a").await.len() == 20
     })
     .await;
-    wait_until("consumer a is inside its handler", || async { stuck.entered.load(Ordering::SeqCst) >= 1 }).await;
+    wait_until("consumer a is inside its handler", || async {
+        stuck.entered.load(Ordering::SeqCst) >= 1
+    })
+    .await;
     a.abort();
     let killed = a.await.expect_err("consumer a was aborted");
     assert!(killed.is_cancelled());
-    assert_eq!(stuck.entered.load(Ordering::SeqCst), 1, "a never got past its first entry");
+    assert_eq!(
+        stuck.entered.load(Ordering::SeqCst),
+        1,
+        "a never got past its first entry"
+    );
 
     let mut settings = env.settings(GROUP, "b", &[&stream]);
     settings.min_idle = Duration::from_millis(300);
     let b_token = CancellationToken::new();
-    let b = tokio::spawn(consumer(&env, settings, Arc::new(Recorder::default())).run(b_token.clone()));
-    wait_until("b applied all 20 events", || async { env.effects().await.len() == 20 }).await;
-    wait_until("nothing is pending", || async { env.pending(&stream, GROUP).await == 0 }).await;
+    let b =
+        tokio::spawn(consumer(&env, settings, Arc::new(Recorder::default())).run(b_token.clone()));
+    wait_until("b applied all 20 events", || async {
+        env.effects().await.len() == 20
+    })
+    .await;
+    wait_until("nothing is pending", || async {
+        env.pending(&stream, GROUP).await == 0
+    })
+    .await;
     stop(&b_token, b).await;
 
     let effects = env.effects().await;
     assert_eq!(effects.keys().copied().collect::<HashSet<_>>(), events);
-    assert!(effects.values().all(|n| *n == 1), "each event applied once: {effects:?}");
+    assert!(
+        effects.values().all(|n| *n == 1),
+        "each event applied once: {effects:?}"
+    );
     assert_eq!(env.processed_count().await, 20);
     assert!(env.pending_of(&stream, GROUP, "a").await.is_empty());
 }
@@ -345,7 +439,12 @@ async fn a_consumer_recreates_its_group_after_redis_loses_it() {
     let stream = env.stream("capture");
     let token = CancellationToken::new();
     let task = tokio::spawn(
-        consumer(&env, env.settings(GROUP, "c1", &[&stream]), Arc::new(Recorder::default())).run(token.clone()),
+        consumer(
+            &env,
+            env.settings(GROUP, "c1", &[&stream]),
+            Arc::new(Recorder::default()),
+        )
+        .run(token.clone()),
     );
 
     let first = lead_captured();
@@ -371,12 +470,17 @@ async fn a_consumer_recreates_its_group_after_redis_loses_it() {
     })
     .await;
     wait_until("the recreated group has nothing pending", || async {
-        env.group(&stream, GROUP).await.is_some_and(|group| group.pending == 0)
+        env.group(&stream, GROUP)
+            .await
+            .is_some_and(|group| group.pending == 0)
     })
     .await;
     stop(&token, task).await;
 
     let effects = env.effects().await;
     assert_eq!(effects.len(), 2);
-    assert!(effects.values().all(|n| *n == 1), "redelivery after recreation is not reapplied: {effects:?}");
+    assert!(
+        effects.values().all(|n| *n == 1),
+        "redelivery after recreation is not reapplied: {effects:?}"
+    );
 }

@@ -18,7 +18,12 @@ pub struct FunnelFolder;
 
 #[async_trait]
 impl EventHandler for FunnelFolder {
-    async fn handle(&self, tx: &mut PgConnection, _stream: &str, envelope: &Envelope) -> Result<(), HandleError> {
+    async fn handle(
+        &self,
+        tx: &mut PgConnection,
+        _stream: &str,
+        envelope: &Envelope,
+    ) -> Result<(), HandleError> {
         if envelope.schema_version != SCHEMA_VERSION {
             return Err(HandleError::Permanent(anyhow!(
                 "unknown schema version {} of {}",

@@ -2,7 +2,9 @@
 
 use leadflow_platform::validation::FieldViolations;
 use leadflow_proto::analytics::v1::analytics_service_server::AnalyticsService;
-use leadflow_proto::analytics::v1::{ChannelStageCount, GetFunnelRequest, GetFunnelResponse, StageCount};
+use leadflow_proto::analytics::v1::{
+    ChannelStageCount, GetFunnelRequest, GetFunnelResponse, StageCount,
+};
 use leadflow_proto::events::v1::LeadStage;
 use sqlx::PgPool;
 use tonic::{Request, Response, Status};
@@ -34,7 +36,10 @@ impl AnalyticsApi {
 #[tonic::async_trait]
 impl AnalyticsService for AnalyticsApi {
     #[tracing::instrument(skip_all)]
-    async fn get_funnel(&self, request: Request<GetFunnelRequest>) -> Result<Response<GetFunnelResponse>, Status> {
+    async fn get_funnel(
+        &self,
+        request: Request<GetFunnelRequest>,
+    ) -> Result<Response<GetFunnelResponse>, Status> {
         let channel = request.get_ref().channel.trim().to_lowercase();
         if channel.chars().count() > 64 {
             let mut violations = FieldViolations::new();

@@ -19,7 +19,8 @@ pub use config::Config;
 /// Postgres schema, consumer group and producer name of this service.
 pub const SERVICE: &str = "analytics";
 /// Default gRPC address.
-pub const DEFAULT_GRPC_ADDR: SocketAddr = SocketAddr::new(std::net::IpAddr::V4(Ipv4Addr::LOCALHOST), 50054);
+pub const DEFAULT_GRPC_ADDR: SocketAddr =
+    SocketAddr::new(std::net::IpAddr::V4(Ipv4Addr::LOCALHOST), 50054);
 /// gRPC service names reported by health.
 pub const GRPC_SERVICES: [&str; 1] = ["leadflow.analytics.v1.AnalyticsService"];
 
@@ -36,7 +37,8 @@ impl Application {
     /// Connects, migrates when configured, binds the listener and wires events.
     pub async fn build(config: Config) -> anyhow::Result<Self> {
         let max_request_bytes = config.common.max_request_bytes;
-        let mut host = ServiceHost::start(SERVICE, config.common, &MIGRATOR, DEFAULT_GRPC_ADDR).await?;
+        let mut host =
+            ServiceHost::start(SERVICE, config.common, &MIGRATOR, DEFAULT_GRPC_ADDR).await?;
         host.consume(
             &[CAPTURE_STREAM, QUALIFICATION_STREAM, MESSAGING_STREAM],
             Arc::new(events::FunnelFolder),

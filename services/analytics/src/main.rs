@@ -1,8 +1,8 @@
 //! The `analytics` binary: `analytics serve` (the default) or `analytics migrate`.
 
+use leadflow_analytics::{Application, Config, SERVICE, config::PREFIX};
 use leadflow_platform::config::{load, or_exit};
 use leadflow_platform::host::Command;
-use leadflow_analytics::{Application, Config, SERVICE, config::PREFIX};
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {

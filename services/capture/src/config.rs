@@ -44,11 +44,25 @@ impl Config {
 
     /// Returns the checked settings of the domain logic.
     pub fn domain(&self) -> Result<NormalizeConfig, ConfigError> {
-        let default_region = self.settings.default_phone_region.trim().to_uppercase().parse().map_err(|_| ConfigError {
-            variable: format!("{PREFIX}DEFAULT_PHONE_REGION"),
-            message: format!("`{}` is not an ISO 3166-1 alpha-2 region", self.settings.default_phone_region),
-        })?;
-        let key = self.settings.identity_hash_key.expose_secret().as_bytes().to_vec();
+        let default_region = self
+            .settings
+            .default_phone_region
+            .trim()
+            .to_uppercase()
+            .parse()
+            .map_err(|_| ConfigError {
+                variable: format!("{PREFIX}DEFAULT_PHONE_REGION"),
+                message: format!(
+                    "`{}` is not an ISO 3166-1 alpha-2 region",
+                    self.settings.default_phone_region
+                ),
+            })?;
+        let key = self
+            .settings
+            .identity_hash_key
+            .expose_secret()
+            .as_bytes()
+            .to_vec();
         if key.len() < 32 {
             return Err(ConfigError {
                 variable: format!("{PREFIX}IDENTITY_HASH_KEY"),

@@ -53,8 +53,12 @@ impl CaptureService for CaptureApi {
     }
 
     #[tracing::instrument(skip_all, fields(lead_id))]
-    async fn get_lead(&self, request: Request<GetLeadRequest>) -> Result<Response<GetLeadResponse>, Status> {
-        let lead_id = require_uuid("lead_id", &request.get_ref().lead_id).map_err(CaptureError::from)?;
+    async fn get_lead(
+        &self,
+        request: Request<GetLeadRequest>,
+    ) -> Result<Response<GetLeadResponse>, Status> {
+        let lead_id =
+            require_uuid("lead_id", &request.get_ref().lead_id).map_err(CaptureError::from)?;
         tracing::Span::current().record("lead_id", tracing::field::display(lead_id));
         let stored = self.store.get(lead_id).await.map_err(CaptureError::from)?;
         let stored = stored.ok_or(CaptureError::NotFound)?;

@@ -21,7 +21,8 @@ pub use config::Config;
 /// Postgres schema, consumer group and producer name of this service.
 pub const SERVICE: &str = "capture";
 /// Default gRPC address.
-pub const DEFAULT_GRPC_ADDR: SocketAddr = SocketAddr::new(std::net::IpAddr::V4(Ipv4Addr::LOCALHOST), 50051);
+pub const DEFAULT_GRPC_ADDR: SocketAddr =
+    SocketAddr::new(std::net::IpAddr::V4(Ipv4Addr::LOCALHOST), 50051);
 /// gRPC service names reported by health.
 pub const GRPC_SERVICES: [&str; 1] = ["leadflow.capture.v1.CaptureService"];
 
@@ -39,7 +40,8 @@ impl Application {
     pub async fn build(config: Config) -> anyhow::Result<Self> {
         let domain_config = config.domain()?;
         let max_request_bytes = config.common.max_request_bytes;
-        let mut host = ServiceHost::start(SERVICE, config.common, &MIGRATOR, DEFAULT_GRPC_ADDR).await?;
+        let mut host =
+            ServiceHost::start(SERVICE, config.common, &MIGRATOR, DEFAULT_GRPC_ADDR).await?;
         let outbox = host.outbox(CAPTURE_STREAM);
         let store = store::LeadStore::new(host.pool().clone(), outbox);
         let api = grpc::CaptureApi::new(Arc::new(domain_config), store);

@@ -1,8 +1,8 @@
 //! The `capture` binary: `capture serve` (the default) or `capture migrate`.
 
+use leadflow_capture::{Application, Config, SERVICE, config::PREFIX};
 use leadflow_platform::config::{load, or_exit};
 use leadflow_platform::host::Command;
-use leadflow_capture::{Application, Config, SERVICE, config::PREFIX};
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {

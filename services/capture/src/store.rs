@@ -42,7 +42,11 @@ impl LeadStore {
     /// Stores `lead` and its `lead.captured` event in one transaction.
     pub async fn insert(&self, lead: &NewLead, identity_key: &[u8]) -> anyhow::Result<StoredLead> {
         let lead_id = Uuid::now_v7();
-        let mut tx = self.pool.begin().await.context("begin capture transaction")?;
+        let mut tx = self
+            .pool
+            .begin()
+            .await
+            .context("begin capture transaction")?;
         let stored: StoredLead = sqlx::query_as(
             "INSERT INTO capture.leads \
                (lead_id, email, email_free, phone, phone_region, first_name, last_name, company, source, channel, campaign) \

@@ -25,16 +25,36 @@ struct Cli {
 #[derive(Debug, Args)]
 struct Endpoints {
     /// capture's gRPC URL
-    #[arg(long, env = "LEADCTL_CAPTURE_URL", default_value = "http://127.0.0.1:50051", global = true)]
+    #[arg(
+        long,
+        env = "LEADCTL_CAPTURE_URL",
+        default_value = "http://127.0.0.1:50051",
+        global = true
+    )]
     capture_url: String,
     /// qualification's gRPC URL
-    #[arg(long, env = "LEADCTL_QUALIFICATION_URL", default_value = "http://127.0.0.1:50052", global = true)]
+    #[arg(
+        long,
+        env = "LEADCTL_QUALIFICATION_URL",
+        default_value = "http://127.0.0.1:50052",
+        global = true
+    )]
     qualification_url: String,
     /// messaging's gRPC URL
-    #[arg(long, env = "LEADCTL_MESSAGING_URL", default_value = "http://127.0.0.1:50053", global = true)]
+    #[arg(
+        long,
+        env = "LEADCTL_MESSAGING_URL",
+        default_value = "http://127.0.0.1:50053",
+        global = true
+    )]
     messaging_url: String,
     /// analytics' gRPC URL
-    #[arg(long, env = "LEADCTL_ANALYTICS_URL", default_value = "http://127.0.0.1:50054", global = true)]
+    #[arg(
+        long,
+        env = "LEADCTL_ANALYTICS_URL",
+        default_value = "http://127.0.0.1:50054",
+        global = true
+    )]
     analytics_url: String,
 }
 
@@ -144,7 +164,10 @@ fn describe(status: tonic::Status) -> anyhow::Error {
     let mut message = format!("{:?}: {}", status.code(), status.message());
     if let Some(bad_request) = status.get_details_bad_request() {
         for violation in bad_request.field_violations {
-            message.push_str(&format!("\n  {}: {}", violation.field, violation.description));
+            message.push_str(&format!(
+                "\n  {}: {}",
+                violation.field, violation.description
+            ));
         }
     }
     anyhow::anyhow!(message)
@@ -158,16 +181,60 @@ async fn capture(endpoints: &Endpoints, lead: LeadInput) -> anyhow::Result<Strin
         .capture_lead(CaptureLeadRequest { lead: Some(lead) })
         .await
         .map_err(describe)?;
-    Ok(response.into_inner().lead.map(|lead| lead.lead_id).unwrap_or_default())
+    Ok(response
+        .into_inner()
+        .lead
+        .map(|lead| lead.lead_id)
+        .unwrap_or_default())
 }
 
 async fn demo(endpoints: &Endpoints) -> anyhow::Result<()> {
     let people = [
-        ("ada@analytical-engines.example", "+44 20 7946 0018", "Ada", "Lovelace", "Analytical Engines", "referral", "spring-launch"),
-        ("grace@cobol.example", "(415) 555-0132", "Grace", "Hopper", "Navy Computing", "web", "spring-launch"),
-        ("alan.t@gmail.com", "", "Alan", "Turing", "", "paid_search", "brand-search"),
-        ("", "+49 30 901820", "Emmy", "Noether", "Göttingen Algebra", "partner", ""),
-        ("margaret@apollo.example", "", "Margaret", "Hamilton", "Apollo Guidance", "web", "webinar-q4"),
+        (
+            "ada@analytical-engines.example",
+            "+44 20 7946 0018",
+            "Ada",
+            "Lovelace",
+            "Analytical Engines",
+            "referral",
+            "spring-launch",
+        ),
+        (
+            "grace@cobol.example",
+            "(415) 555-0132",
+            "Grace",
+            "Hopper",
+            "Navy Computing",
+            "web",
+            "spring-launch",
+        ),
+        (
+            "alan.t@gmail.com",
+            "",
+            "Alan",
+            "Turing",
+            "",
+            "paid_search",
+            "brand-search",
+        ),
+        (
+            "",
+            "+49 30 901820",
+            "Emmy",
+            "Noether",
+            "Göttingen Algebra",
+            "partner",
+            "",
+        ),
+        (
+            "margaret@apollo.example",
+            "",
+            "Margaret",
+            "Hamilton",
+            "Apollo Guidance",
+            "web",
+            "webinar-q4",
+        ),
     ];
     let mut table = Table::new();
     table.set_header(["lead id", "channel", "campaign"]);
@@ -192,7 +259,12 @@ async fn demo(endpoints: &Endpoints) -> anyhow::Result<()> {
 
 fn stage_name(stage: i32) -> String {
     LeadStage::try_from(stage)
-        .map(|stage| stage.as_str_name().trim_start_matches("LEAD_STAGE_").to_owned())
+        .map(|stage| {
+            stage
+                .as_str_name()
+                .trim_start_matches("LEAD_STAGE_")
+                .to_owned()
+        })
         .unwrap_or_else(|_| stage.to_string())
 }
 
@@ -226,7 +298,11 @@ async fn show(endpoints: &Endpoints, lead_id: String) -> anyhow::Result<()> {
     let mut history = Table::new();
     history.set_header(["from", "to", "actor"]);
     for transition in lead.history {
-        history.add_row([stage_name(transition.from_stage), stage_name(transition.to_stage), transition.actor]);
+        history.add_row([
+            stage_name(transition.from_stage),
+            stage_name(transition.to_stage),
+            transition.actor,
+        ]);
     }
     println!("{history}");
     Ok(())
@@ -263,11 +339,20 @@ async fn check_health(url: &str) -> String {
     let Ok(endpoint) = tonic::transport::Endpoint::from_shared(url.to_owned()) else {
         return "BAD URL".to_owned();
     };
-    let Ok(channel) = endpoint.connect_timeout(std::time::Duration::from_secs(1)).connect().await else {
+    let Ok(channel) = endpoint
+        .connect_timeout(std::time::Duration::from_secs(1))
+        .connect()
+        .await
+    else {
         return "UNREACHABLE".to_owned();
     };
     let mut client = HealthClient::new(channel);
-    match client.check(HealthCheckRequest { service: String::new() }).await {
+    match client
+        .check(HealthCheckRequest {
+            service: String::new(),
+        })
+        .await
+    {
         Ok(response) => response.into_inner().status().as_str_name().to_owned(),
         Err(status) => format!("{:?}", status.code()),
     }

@@ -49,7 +49,9 @@ impl Config {
             common: leadflow_platform::config::load(PREFIX)?,
             settings: leadflow_platform::config::load(PREFIX)?,
         };
-        if !config.settings.capture_url.starts_with("http://") && !config.settings.capture_url.starts_with("https://") {
+        if !config.settings.capture_url.starts_with("http://")
+            && !config.settings.capture_url.starts_with("https://")
+        {
             return Err(ConfigError {
                 variable: format!("{PREFIX}CAPTURE_URL"),
                 message: "must be an http:// or https:// URL".to_owned(),

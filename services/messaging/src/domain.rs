@@ -23,6 +23,9 @@ mod tests {
         let cause = Uuid::now_v7();
         assert_eq!(message_id(cause, "welcome"), message_id(cause, "welcome"));
         assert_ne!(message_id(cause, "welcome"), message_id(cause, "reminder"));
-        assert_ne!(message_id(cause, "welcome"), message_id(Uuid::now_v7(), "welcome"));
+        assert_ne!(
+            message_id(cause, "welcome"),
+            message_id(Uuid::now_v7(), "welcome")
+        );
     }
 }

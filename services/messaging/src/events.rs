@@ -47,7 +47,12 @@ impl MessagingHandler {
         }
     }
 
-    async fn welcome(&self, tx: &mut PgConnection, envelope: &Envelope, lead_id: Uuid) -> Result<(), HandleError> {
+    async fn welcome(
+        &self,
+        tx: &mut PgConnection,
+        envelope: &Envelope,
+        lead_id: Uuid,
+    ) -> Result<(), HandleError> {
         let cause = Uuid::parse_str(&envelope.event_id)
             .context("parse event id")
             .map_err(HandleError::Permanent)?;
@@ -111,7 +116,12 @@ impl MessagingHandler {
 
 #[async_trait]
 impl EventHandler for MessagingHandler {
-    async fn handle(&self, tx: &mut PgConnection, _stream: &str, envelope: &Envelope) -> Result<(), HandleError> {
+    async fn handle(
+        &self,
+        tx: &mut PgConnection,
+        _stream: &str,
+        envelope: &Envelope,
+    ) -> Result<(), HandleError> {
         if envelope.event_type != types::LEAD_CAPTURED {
             return Ok(());
         }

@@ -27,7 +27,11 @@ pub struct MessagingApi {
 impl MessagingApi {
     /// Returns the API.
     pub fn new(store: MessageStore, outbox: Outbox, capture: CaptureClient) -> Self {
-        Self { store, outbox, capture }
+        Self {
+            store,
+            outbox,
+            capture,
+        }
     }
 }
 
@@ -59,7 +63,9 @@ fn kind_name(kind: InboundKind) -> Option<&'static str> {
 fn parse_inbound(request: &RecordInboundRequest) -> Result<NewInbound, FieldViolations> {
     let mut violations = FieldViolations::new();
     let lead_id = parse_uuid(&mut violations, "lead_id", &request.lead_id);
-    let channel = MessageChannel::try_from(request.channel).ok().and_then(channel_name);
+    let channel = MessageChannel::try_from(request.channel)
+        .ok()
+        .and_then(channel_name);
     if channel.is_none() {
         violations.add("channel", "must be EMAIL, SMS, CALL or TASK");
     }
@@ -68,11 +74,17 @@ fn parse_inbound(request: &RecordInboundRequest) -> Result<NewInbound, FieldViol
         violations.add("kind", "must be REPLY, CALL_ANSWERED or MEETING_BOOKED");
     }
     if request.text.chars().count() > MAX_TEXT_CHARS {
-        violations.add("text", format!("must be at most {MAX_TEXT_CHARS} characters"));
+        violations.add(
+            "text",
+            format!("must be at most {MAX_TEXT_CHARS} characters"),
+        );
     }
     let key = request.idempotency_key.trim();
     if key.chars().count() > MAX_IDEMPOTENCY_KEY_CHARS || key.chars().any(char::is_control) {
-        violations.add("idempotency_key", "must be at most 128 printable characters");
+        violations.add(
+            "idempotency_key",
+            "must be at most 128 printable characters",
+        );
     }
     match (lead_id, channel, kind) {
         (Some(lead_id), Some(channel), Some(kind)) if violations.is_empty() => Ok(NewInbound {
@@ -94,7 +106,8 @@ impl MessagingService for MessagingApi {
         request: Request<RecordInboundRequest>,
     ) -> Result<Response<RecordInboundResponse>, Status> {
         let request = request.into_inner();
-        let inbound = parse_inbound(&request).map_err(|violations| violations.into_status("request rejected"))?;
+        let inbound = parse_inbound(&request)
+            .map_err(|violations| violations.into_status("request rejected"))?;
         match self.capture.contact(inbound.lead_id).await {
             Ok(_) => {}
             Err(LookupError::NotFound) => return Err(Status::not_found("lead not found")),
@@ -103,8 +116,15 @@ impl MessagingService for MessagingApi {
                 return Err(Status::unavailable("capture unavailable; retry"));
             }
         }
-        let mut tx = self.store.pool().begin().await.map_err(|err| internal(err.into()))?;
-        let outcome = crate::store::insert_inbound(&mut tx, &inbound).await.map_err(internal)?;
+        let mut tx = self
+            .store
+            .pool()
+            .begin()
+            .await
+            .map_err(|err| internal(err.into()))?;
+        let outcome = crate::store::insert_inbound(&mut tx, &inbound)
+            .await
+            .map_err(internal)?;
         let inbound_id = match outcome {
             InboundOutcome::Replayed(inbound_id) => inbound_id,
             InboundOutcome::KeyReused => {

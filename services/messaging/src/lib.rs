@@ -23,7 +23,8 @@ pub use config::Config;
 /// Postgres schema, consumer group and producer name of this service.
 pub const SERVICE: &str = "messaging";
 /// Default gRPC address.
-pub const DEFAULT_GRPC_ADDR: SocketAddr = SocketAddr::new(std::net::IpAddr::V4(Ipv4Addr::LOCALHOST), 50053);
+pub const DEFAULT_GRPC_ADDR: SocketAddr =
+    SocketAddr::new(std::net::IpAddr::V4(Ipv4Addr::LOCALHOST), 50053);
 /// gRPC service names reported by health.
 pub const GRPC_SERVICES: [&str; 1] = ["leadflow.messaging.v1.MessagingService"];
 
@@ -41,9 +42,11 @@ impl Application {
     pub async fn build(config: Config) -> anyhow::Result<Self> {
         let max_request_bytes = config.common.max_request_bytes;
         let templates = Arc::new(domain::template::Templates::built_in()?);
-        let provider = Arc::new(provider::SinkProvider::new(config.settings.sink_dir.clone()).await?);
+        let provider =
+            Arc::new(provider::SinkProvider::new(config.settings.sink_dir.clone()).await?);
         let capture_client = capture::CaptureClient::new(&config.settings.capture_url)?;
-        let mut host = ServiceHost::start(SERVICE, config.common, &MIGRATOR, DEFAULT_GRPC_ADDR).await?;
+        let mut host =
+            ServiceHost::start(SERVICE, config.common, &MIGRATOR, DEFAULT_GRPC_ADDR).await?;
         let outbox = host.outbox(MESSAGING_STREAM);
         let handler = events::MessagingHandler::new(
             outbox.clone(),

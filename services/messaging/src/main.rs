@@ -1,8 +1,8 @@
 //! The `messaging` binary: `messaging serve` (the default) or `messaging migrate`.
 
+use leadflow_messaging::{Application, Config, SERVICE, config::PREFIX};
 use leadflow_platform::config::{load, or_exit};
 use leadflow_platform::host::Command;
-use leadflow_messaging::{Application, Config, SERVICE, config::PREFIX};
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {

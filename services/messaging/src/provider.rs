@@ -68,8 +68,12 @@ impl Provider for SinkProvider {
         // delivery of the same id replaces the file rather than adding one.
         let path = self.path_of(message.message_id);
         let partial = path.with_extension("eml.partial");
-        tokio::fs::write(&partial, text).await.context("write sink message")?;
-        tokio::fs::rename(&partial, &path).await.context("publish sink message")?;
+        tokio::fs::write(&partial, text)
+            .await
+            .context("write sink message")?;
+        tokio::fs::rename(&partial, &path)
+            .await
+            .context("publish sink message")?;
         Ok(())
     }
 }

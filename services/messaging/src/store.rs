@@ -29,15 +29,19 @@ pub struct NewInbound {
 
 /// Returns whether message `message_id` was already sent.
 pub async fn message_exists(tx: &mut PgConnection, message_id: Uuid) -> Result<bool, sqlx::Error> {
-    let found: Option<(Uuid,)> = sqlx::query_as("SELECT message_id FROM messaging.messages WHERE message_id = $1")
-        .bind(message_id)
-        .fetch_optional(&mut *tx)
-        .await?;
+    let found: Option<(Uuid,)> =
+        sqlx::query_as("SELECT message_id FROM messaging.messages WHERE message_id = $1")
+            .bind(message_id)
+            .fetch_optional(&mut *tx)
+            .await?;
     Ok(found.is_some())
 }
 
 /// Records a sent message.
-pub async fn insert_message(tx: &mut PgConnection, message: &SentMessage) -> Result<(), sqlx::Error> {
+pub async fn insert_message(
+    tx: &mut PgConnection,
+    message: &SentMessage,
+) -> Result<(), sqlx::Error> {
     sqlx::query(
         "INSERT INTO messaging.messages (message_id, lead_id, channel, template, provider, subject, sent_at) \
          VALUES ($1, $2, $3, $4, $5, $6, $7)",
@@ -66,7 +70,10 @@ pub enum InboundOutcome {
 }
 
 /// Records inbound contact, once per idempotency key.
-pub async fn insert_inbound(tx: &mut PgConnection, inbound: &NewInbound) -> anyhow::Result<InboundOutcome> {
+pub async fn insert_inbound(
+    tx: &mut PgConnection,
+    inbound: &NewInbound,
+) -> anyhow::Result<InboundOutcome> {
     let inbound_id = Uuid::now_v7();
     let inserted: Option<(Uuid,)> = sqlx::query_as(
         "INSERT INTO messaging.inbound (inbound_id, lead_id, channel, kind, body, idempotency_key) \
@@ -84,12 +91,13 @@ pub async fn insert_inbound(tx: &mut PgConnection, inbound: &NewInbound) -> anyh
     if let Some((id,)) = inserted {
         return Ok(InboundOutcome::Recorded(id));
     }
-    let (existing_id, existing_lead): (Uuid, Uuid) =
-        sqlx::query_as("SELECT inbound_id, lead_id FROM messaging.inbound WHERE idempotency_key = $1")
-            .bind(inbound.idempotency_key.as_deref())
-            .fetch_one(&mut *tx)
-            .await
-            .context("select inbound by idempotency key")?;
+    let (existing_id, existing_lead): (Uuid, Uuid) = sqlx::query_as(
+        "SELECT inbound_id, lead_id FROM messaging.inbound WHERE idempotency_key = $1",
+    )
+    .bind(inbound.idempotency_key.as_deref())
+    .fetch_one(&mut *tx)
+    .await
+    .context("select inbound by idempotency key")?;
     if existing_lead != inbound.lead_id {
         return Ok(InboundOutcome::KeyReused);
     }

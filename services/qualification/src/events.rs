@@ -31,7 +31,12 @@ impl QualificationHandler {
         Self { outbox, model }
     }
 
-    async fn on_captured(&self, tx: &mut PgConnection, envelope: &Envelope, lead_id: Uuid) -> Result<(), HandleError> {
+    async fn on_captured(
+        &self,
+        tx: &mut PgConnection,
+        envelope: &Envelope,
+        lead_id: Uuid,
+    ) -> Result<(), HandleError> {
         let captured = decode::<LeadCaptured>(envelope)?;
         let score = self.model.score(&captured);
         let cause = Uuid::parse_str(&envelope.event_id).ok();
@@ -67,10 +72,16 @@ impl QualificationHandler {
             .add(tx, types::LEAD_SCORED, lead_id, &scored)
             .await
             .map_err(HandleError::Transient)?;
-        self.emit_stage_changed(tx, &transition, sequence, &captured.channel).await
+        self.emit_stage_changed(tx, &transition, sequence, &captured.channel)
+            .await
     }
 
-    async fn on_inbound(&self, tx: &mut PgConnection, envelope: &Envelope, lead_id: Uuid) -> Result<(), HandleError> {
+    async fn on_inbound(
+        &self,
+        tx: &mut PgConnection,
+        envelope: &Envelope,
+        lead_id: Uuid,
+    ) -> Result<(), HandleError> {
         let _inbound = decode::<MessageInbound>(envelope)?;
         let Some(current) = store::lock_lead(tx, lead_id).await? else {
             // Streams are not ordered with each other: the capture may still be on its way.
@@ -87,8 +98,13 @@ impl QualificationHandler {
             cause_event_id: Uuid::parse_str(&envelope.event_id).ok(),
         };
         let sequence = store::move_lead(tx, &transition, current.stage_sequence).await?;
-        tracing::info!(from = current.stage.as_str(), to = next.as_str(), "stage changed");
-        self.emit_stage_changed(tx, &transition, sequence, &current.channel).await
+        tracing::info!(
+            from = current.stage.as_str(),
+            to = next.as_str(),
+            "stage changed"
+        );
+        self.emit_stage_changed(tx, &transition, sequence, &current.channel)
+            .await
     }
 
     async fn emit_stage_changed(
@@ -100,10 +116,16 @@ impl QualificationHandler {
     ) -> Result<(), HandleError> {
         let changed = LeadStageChanged {
             lead_id: transition.lead_id.to_string(),
-            from_stage: transition.from.map_or(LeadStage::Unspecified, LeadStage::from).into(),
+            from_stage: transition
+                .from
+                .map_or(LeadStage::Unspecified, LeadStage::from)
+                .into(),
             to_stage: LeadStage::from(transition.to).into(),
             sequence: u32::try_from(sequence).unwrap_or_default(),
-            cause_event_id: transition.cause_event_id.map(|id| id.to_string()).unwrap_or_default(),
+            cause_event_id: transition
+                .cause_event_id
+                .map(|id| id.to_string())
+                .unwrap_or_default(),
             actor: transition.actor.clone(),
             channel: channel.to_owned(),
         };
@@ -117,8 +139,16 @@ impl QualificationHandler {
 
 #[async_trait]
 impl EventHandler for QualificationHandler {
-    async fn handle(&self, tx: &mut PgConnection, _stream: &str, envelope: &Envelope) -> Result<(), HandleError> {
-        let relevant = matches!(envelope.event_type.as_str(), types::LEAD_CAPTURED | types::MESSAGE_INBOUND);
+    async fn handle(
+        &self,
+        tx: &mut PgConnection,
+        _stream: &str,
+        envelope: &Envelope,
+    ) -> Result<(), HandleError> {
+        let relevant = matches!(
+            envelope.event_type.as_str(),
+            types::LEAD_CAPTURED | types::MESSAGE_INBOUND
+        );
         if !relevant {
             return Ok(());
         }

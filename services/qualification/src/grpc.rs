@@ -3,7 +3,9 @@
 use leadflow_platform::validation::{FieldViolations, require_uuid};
 use leadflow_proto::events::v1::{LeadStage, RuleHit};
 use leadflow_proto::qualification::v1::qualification_service_server::QualificationService;
-use leadflow_proto::qualification::v1::{GetLeadRequest, GetLeadResponse, QualifiedLead, StageTransition};
+use leadflow_proto::qualification::v1::{
+    GetLeadRequest, GetLeadResponse, QualifiedLead, StageTransition,
+};
 use tonic::{Request, Response, Status};
 
 use crate::domain::stage::Stage;
@@ -25,7 +27,10 @@ impl QualificationApi {
 #[tonic::async_trait]
 impl QualificationService for QualificationApi {
     #[tracing::instrument(skip_all, fields(lead_id = %request.get_ref().lead_id.trim()))]
-    async fn get_lead(&self, request: Request<GetLeadRequest>) -> Result<Response<GetLeadResponse>, Status> {
+    async fn get_lead(
+        &self,
+        request: Request<GetLeadRequest>,
+    ) -> Result<Response<GetLeadResponse>, Status> {
         let lead_id = require_uuid("lead_id", &request.get_ref().lead_id)
             .map_err(|violations: FieldViolations| violations.into_status("request rejected"))?;
         let lead = self.store.get(lead_id).await.map_err(|err| {
@@ -74,7 +79,10 @@ fn to_proto(lead: store::QualifiedLead) -> QualifiedLead {
                     nanos: row.entered_at.timestamp_subsec_nanos() as i32,
                 }),
                 actor: row.actor,
-                cause_event_id: row.cause_event_id.map(|id| id.to_string()).unwrap_or_default(),
+                cause_event_id: row
+                    .cause_event_id
+                    .map(|id| id.to_string())
+                    .unwrap_or_default(),
             })
             .collect(),
     }

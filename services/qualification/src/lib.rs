@@ -21,7 +21,8 @@ pub use config::Config;
 /// Postgres schema, consumer group and producer name of this service.
 pub const SERVICE: &str = "qualification";
 /// Default gRPC address.
-pub const DEFAULT_GRPC_ADDR: SocketAddr = SocketAddr::new(std::net::IpAddr::V4(Ipv4Addr::LOCALHOST), 50052);
+pub const DEFAULT_GRPC_ADDR: SocketAddr =
+    SocketAddr::new(std::net::IpAddr::V4(Ipv4Addr::LOCALHOST), 50052);
 /// gRPC service names reported by health.
 pub const GRPC_SERVICES: [&str; 1] = ["leadflow.qualification.v1.QualificationService"];
 
@@ -38,9 +39,11 @@ impl Application {
     /// Connects, migrates when configured, binds the listener and wires events.
     pub async fn build(config: Config) -> anyhow::Result<Self> {
         let max_request_bytes = config.common.max_request_bytes;
-        let mut host = ServiceHost::start(SERVICE, config.common, &MIGRATOR, DEFAULT_GRPC_ADDR).await?;
+        let mut host =
+            ServiceHost::start(SERVICE, config.common, &MIGRATOR, DEFAULT_GRPC_ADDR).await?;
         let outbox = host.outbox(QUALIFICATION_STREAM);
-        let handler = events::QualificationHandler::new(outbox, domain::scoring::Model::default_v1());
+        let handler =
+            events::QualificationHandler::new(outbox, domain::scoring::Model::default_v1());
         host.consume(&[CAPTURE_STREAM, MESSAGING_STREAM], Arc::new(handler));
         let api = grpc::QualificationApi::new(store::LeadStore::new(host.pool().clone()));
         Ok(Self {
@@ -67,7 +70,8 @@ impl Application {
     pub async fn run_until(self, signal: impl Future<Output = ()> + Send) -> anyhow::Result<()> {
         let mut routes = tonic::service::RoutesBuilder::default();
         routes.add_service(
-            QualificationServiceServer::new(self.api).max_decoding_message_size(self.max_request_bytes),
+            QualificationServiceServer::new(self.api)
+                .max_decoding_message_size(self.max_request_bytes),
         );
         self.host.serve(routes, &GRPC_SERVICES, signal).await
     }

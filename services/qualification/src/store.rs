@@ -82,7 +82,10 @@ pub async fn insert_lead(
 }
 
 /// Locks a lead's row and returns its current stage.
-pub async fn lock_lead(tx: &mut PgConnection, lead_id: Uuid) -> Result<Option<Current>, sqlx::Error> {
+pub async fn lock_lead(
+    tx: &mut PgConnection,
+    lead_id: Uuid,
+) -> Result<Option<Current>, sqlx::Error> {
     let row: Option<(String, i32, String)> = sqlx::query_as(
         "SELECT stage, stage_sequence, channel FROM qualification.leads WHERE lead_id = $1 FOR UPDATE",
     )
@@ -99,7 +102,11 @@ pub async fn lock_lead(tx: &mut PgConnection, lead_id: Uuid) -> Result<Option<Cu
 }
 
 /// Moves a locked lead and records the move; returns the new history sequence.
-pub async fn move_lead(tx: &mut PgConnection, transition: &Transition, current_sequence: i32) -> Result<i32, sqlx::Error> {
+pub async fn move_lead(
+    tx: &mut PgConnection,
+    transition: &Transition,
+    current_sequence: i32,
+) -> Result<i32, sqlx::Error> {
     let sequence = current_sequence + 1;
     sqlx::query(
         "UPDATE qualification.leads SET stage = $2, stage_sequence = $3, updated_at = now() WHERE lead_id = $1",
@@ -113,7 +120,11 @@ pub async fn move_lead(tx: &mut PgConnection, transition: &Transition, current_s
     Ok(sequence)
 }
 
-async fn insert_history(tx: &mut PgConnection, transition: &Transition, sequence: i32) -> Result<(), sqlx::Error> {
+async fn insert_history(
+    tx: &mut PgConnection,
+    transition: &Transition,
+    sequence: i32,
+) -> Result<(), sqlx::Error> {
     sqlx::query(
         "INSERT INTO qualification.stage_history (lead_id, sequence, from_stage, to_stage, actor, cause_event_id) \
          VALUES ($1, $2, $3, $4, $5, $6)",
@@ -152,10 +163,13 @@ impl LeadStore {
         .fetch_optional(&self.pool)
         .await
         .context("select lead")?;
-        let Some((stage, channel, model_version, fit_score, engagement_score, total_score, hits)) = row else {
+        let Some((stage, channel, model_version, fit_score, engagement_score, total_score, hits)) =
+            row
+        else {
             return Ok(None);
         };
-        let stage = Stage::parse(&stage).with_context(|| format!("unknown stored stage {stage}"))?;
+        let stage =
+            Stage::parse(&stage).with_context(|| format!("unknown stored stage {stage}"))?;
         let history: Vec<HistoryRow> = sqlx::query_as(
             "SELECT from_stage, to_stage, entered_at, actor, cause_event_id \
              FROM qualification.stage_history WHERE lead_id = $1 ORDER BY sequence",

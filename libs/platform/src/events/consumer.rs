@@ -218,7 +218,9 @@ impl<H: EventHandler> Consumer<H> {
                 .query_async(&mut self.commands)
                 .await;
             match created {
-                Ok(()) => tracing::info!(stream = %stream, group = %self.settings.group, "consumer group created"),
+                Ok(()) => {
+                    tracing::info!(stream = %stream, group = %self.settings.group, "consumer group created")
+                }
                 Err(err) if err.code() == Some("BUSYGROUP") => {}
                 Err(err) => return Err(err).context("create consumer group"),
             }
@@ -392,8 +394,9 @@ impl<H: EventHandler> Consumer<H> {
     }
 
     async fn apply(&self, stream: &str, envelope: &Envelope) -> Result<Outcome, HandleError> {
-        let event_id = Uuid::parse_str(&envelope.event_id)
-            .map_err(|err| HandleError::Permanent(anyhow::anyhow!("event id is not a uuid: {err}")))?;
+        let event_id = Uuid::parse_str(&envelope.event_id).map_err(|err| {
+            HandleError::Permanent(anyhow::anyhow!("event id is not a uuid: {err}"))
+        })?;
         let mut tx = self.pool.begin().await?;
         let recorded = sqlx::query(sqlx::AssertSqlSafe(format!(
             "INSERT INTO {}.processed_events (consumer_group, event_id, stream, event_type) \
@@ -468,7 +471,9 @@ impl<H: EventHandler> Consumer<H> {
                 self.last_errors.remove(&entry.id);
                 self.ack(stream, &entry.id).await;
             }
-            Err(err) => tracing::error!(error = %err, stream = %stream, "park entry in dead-letter stream"),
+            Err(err) => {
+                tracing::error!(error = %err, stream = %stream, "park entry in dead-letter stream")
+            }
         }
     }
 }
@@ -514,7 +519,8 @@ struct Backoff {
 
 impl Backoff {
     async fn wait(&mut self, stop: &CancellationToken) {
-        let delay = Duration::from_millis(100 * 2u64.pow(self.failures.min(6))).min(Duration::from_secs(5));
+        let delay =
+            Duration::from_millis(100 * 2u64.pow(self.failures.min(6))).min(Duration::from_secs(5));
         self.failures += 1;
         tokio::select! {
             () = stop.cancelled() => {}

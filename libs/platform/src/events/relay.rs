@@ -48,15 +48,16 @@ impl Relay {
     /// Publishes one batch of unpublished rows; returns how many were published.
     pub async fn publish_batch(&self) -> anyhow::Result<usize> {
         let mut tx = self.pool.begin().await.context("begin relay transaction")?;
-        let rows: Vec<(i64, String, String, Vec<u8>)> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
-            "SELECT id, stream, event_type, envelope FROM {}.outbox \
+        let rows: Vec<(i64, String, String, Vec<u8>)> =
+            sqlx::query_as(sqlx::AssertSqlSafe(format!(
+                "SELECT id, stream, event_type, envelope FROM {}.outbox \
              WHERE published_at IS NULL ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED",
-            self.schema
-        )))
-        .bind(self.batch_size)
-        .fetch_all(&mut *tx)
-        .await
-        .context("claim outbox rows")?;
+                self.schema
+            )))
+            .bind(self.batch_size)
+            .fetch_all(&mut *tx)
+            .await
+            .context("claim outbox rows")?;
         if rows.is_empty() {
             return Ok(0);
         }

@@ -57,12 +57,13 @@ impl TestEnv {
         init_logs();
         let admin_url = std::env::var("LEADFLOW_TEST_DATABASE_URL")
             .unwrap_or_else(|_| DEFAULT_DATABASE_URL.to_owned());
-        let redis_url =
-            std::env::var("LEADFLOW_TEST_REDIS_URL").unwrap_or_else(|_| DEFAULT_REDIS_URL.to_owned());
+        let redis_url = std::env::var("LEADFLOW_TEST_REDIS_URL")
+            .unwrap_or_else(|_| DEFAULT_REDIS_URL.to_owned());
         let id = Uuid::new_v4().simple().to_string();
         let database = format!("lf_test_{id}");
 
-        let admin_options = PgConnectOptions::from_str(&admin_url).expect("parse LEADFLOW_TEST_DATABASE_URL");
+        let admin_options =
+            PgConnectOptions::from_str(&admin_url).expect("parse LEADFLOW_TEST_DATABASE_URL");
         let mut admin = admin_options
             .connect()
             .await
@@ -87,7 +88,8 @@ impl TestEnv {
         .await
         .expect("create effects table");
 
-        let redis_client = redis::Client::open(redis_url.as_str()).expect("parse LEADFLOW_TEST_REDIS_URL");
+        let redis_client =
+            redis::Client::open(redis_url.as_str()).expect("parse LEADFLOW_TEST_REDIS_URL");
         let redis = leadflow_platform::redis::manager(&redis_client)
             .await
             .expect("connect to the test Redis (LEADFLOW_TEST_REDIS_URL)");
@@ -148,7 +150,9 @@ impl TestEnv {
             .await
             .iter()
             .map(|entry| {
-                let bytes: Vec<u8> = entry.get(ENVELOPE_FIELD).expect("entry has an envelope field");
+                let bytes: Vec<u8> = entry
+                    .get(ENVELOPE_FIELD)
+                    .expect("entry has an envelope field");
                 Envelope::decode(bytes.as_slice()).expect("decode envelope")
             })
             .collect()
@@ -176,11 +180,18 @@ impl TestEnv {
 
     /// Entries delivered to `group` and not acknowledged (0 when the group does not exist).
     pub async fn pending(&self, stream: &str, group: &str) -> usize {
-        self.group(stream, group).await.map_or(0, |group| group.pending)
+        self.group(stream, group)
+            .await
+            .map_or(0, |group| group.pending)
     }
 
     /// Entries pending for `consumer` in `group`.
-    pub async fn pending_of(&self, stream: &str, group: &str, consumer: &str) -> Vec<redis::streams::StreamPendingId> {
+    pub async fn pending_of(
+        &self,
+        stream: &str,
+        group: &str,
+        consumer: &str,
+    ) -> Vec<redis::streams::StreamPendingId> {
         let reply: redis::RedisResult<StreamPendingCountReply> = redis::cmd("XPENDING")
             .arg(stream)
             .arg(group)
@@ -198,7 +209,11 @@ impl TestEnv {
     }
 
     /// The group's `XINFO GROUPS` line, if the stream and group exist.
-    pub async fn group(&self, stream: &str, group: &str) -> Option<redis::streams::StreamInfoGroup> {
+    pub async fn group(
+        &self,
+        stream: &str,
+        group: &str,
+    ) -> Option<redis::streams::StreamInfoGroup> {
         if !self.exists(stream).await {
             return None;
         }
@@ -364,7 +379,10 @@ where
         if probe().await {
             return;
         }
-        assert!(started.elapsed() < DEADLINE, "timed out after {DEADLINE:?} waiting until {what}");
+        assert!(
+            started.elapsed() < DEADLINE,
+            "timed out after {DEADLINE:?} waiting until {what}"
+        );
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
 }
@@ -400,12 +418,20 @@ pub struct Recorder {
 
 #[async_trait::async_trait]
 impl EventHandler for Recorder {
-    async fn handle(&self, tx: &mut PgConnection, _stream: &str, envelope: &Envelope) -> Result<(), HandleError> {
-        let event_id = Uuid::parse_str(&envelope.event_id).map_err(|err| HandleError::Permanent(err.into()))?;
+    async fn handle(
+        &self,
+        tx: &mut PgConnection,
+        _stream: &str,
+        envelope: &Envelope,
+    ) -> Result<(), HandleError> {
+        let event_id = Uuid::parse_str(&envelope.event_id)
+            .map_err(|err| HandleError::Permanent(err.into()))?;
         if self.poison.contains(&event_id) {
             self.poison_attempts
                 .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-            return Err(HandleError::Transient(anyhow::anyhow!("poison event {event_id}")));
+            return Err(HandleError::Transient(anyhow::anyhow!(
+                "poison event {event_id}"
+            )));
         }
         sqlx::query(sqlx::AssertSqlSafe(format!(
             "INSERT INTO {SCHEMA}.effects (event_id, n) VALUES ($1, 1) \
@@ -426,8 +452,14 @@ pub struct Stuck {
 
 #[async_trait::async_trait]
 impl EventHandler for Stuck {
-    async fn handle(&self, _tx: &mut PgConnection, _stream: &str, _envelope: &Envelope) -> Result<(), HandleError> {
-        self.entered.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    async fn handle(
+        &self,
+        _tx: &mut PgConnection,
+        _stream: &str,
+        _envelope: &Envelope,
+    ) -> Result<(), HandleError> {
+        self.entered
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         std::future::pending::<()>().await;
         Ok(())
     }

@@ -17,13 +17,14 @@ const MAX_CAMPAIGN_CHARS: usize = 128;
 const MAX_EMAIL_CHARS: usize = 254;
 const MAX_PHONE_CHARS: usize = 32;
 
-static FREE_EMAIL_DOMAINS: LazyLock<std::collections::HashSet<&'static str>> = LazyLock::new(|| {
-    include_str!("free_email_domains.txt")
-        .lines()
-        .map(str::trim)
-        .filter(|line| !line.is_empty() && !line.starts_with('#'))
-        .collect()
-});
+static FREE_EMAIL_DOMAINS: LazyLock<std::collections::HashSet<&'static str>> =
+    LazyLock::new(|| {
+        include_str!("free_email_domains.txt")
+            .lines()
+            .map(str::trim)
+            .filter(|line| !line.is_empty() && !line.starts_with('#'))
+            .collect()
+    });
 
 /// Settings of normalization.
 #[derive(Debug, Clone)]
@@ -67,7 +68,11 @@ pub struct NewLead {
 
 impl NewLead {
     /// Parses `input`; every bad field is reported under `prefix` (e.g. `lead.email`).
-    pub fn parse(input: &LeadInput, config: &NormalizeConfig, prefix: &str) -> Result<Self, FieldViolations> {
+    pub fn parse(
+        input: &LeadInput,
+        config: &NormalizeConfig,
+        prefix: &str,
+    ) -> Result<Self, FieldViolations> {
         let mut violations = FieldViolations::new();
         let field = |name: &str| format!("{prefix}.{name}");
 
@@ -80,7 +85,10 @@ impl NewLead {
             given => match Region::from_str(&given.to_uppercase()) {
                 Ok(region) => Some(region),
                 Err(_) => {
-                    violations.add(field("phone_region"), "must be an ISO 3166-1 alpha-2 region");
+                    violations.add(
+                        field("phone_region"),
+                        "must be an ISO 3166-1 alpha-2 region",
+                    );
                     None
                 }
             },
@@ -102,7 +110,10 @@ impl NewLead {
         let channel = parse_token(&mut violations, &field("channel"), &input.channel, true);
         let campaign = input.campaign.trim().to_owned();
         if campaign.chars().count() > MAX_CAMPAIGN_CHARS {
-            violations.add(field("campaign"), format!("must be at most {MAX_CAMPAIGN_CHARS} characters"));
+            violations.add(
+                field("campaign"),
+                format!("must be at most {MAX_CAMPAIGN_CHARS} characters"),
+            );
         } else if campaign.chars().any(char::is_control) {
             violations.add(field("campaign"), "must not contain control characters");
         }
@@ -164,7 +175,10 @@ pub fn parse_phone(raw: &str, region: Region) -> Result<Option<Phone>, &'static 
 fn parse_name(violations: &mut FieldViolations, field: &str, raw: &str) -> String {
     let trimmed = raw.trim();
     if trimmed.chars().count() > MAX_NAME_CHARS {
-        violations.add(field, format!("must be at most {MAX_NAME_CHARS} characters"));
+        violations.add(
+            field,
+            format!("must be at most {MAX_NAME_CHARS} characters"),
+        );
     } else if trimmed.chars().any(char::is_control) {
         violations.add(field, "must not contain control characters");
     }
@@ -192,7 +206,8 @@ fn parse_token(violations: &mut FieldViolations, field: &str, raw: &str, require
 /// Returns the keyed hash (HMAC-SHA-256, hex) that stands for `value` outside capture.
 pub fn identity_hash(key: &[u8], kind: &str, value: &str) -> String {
     // HMAC accepts keys of any length; `new_from_slice` cannot fail for it.
-    let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(key).unwrap_or_else(|_| unreachable!("hmac takes any key length"));
+    let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(key)
+        .unwrap_or_else(|_| unreachable!("hmac takes any key length"));
     mac.update(kind.as_bytes());
     mac.update(b"\0");
     mac.update(value.as_bytes());
@@ -235,8 +250,14 @@ mod tests {
                 free: false
             })
         );
-        assert_eq!(lead.phone.as_ref().map(|phone| phone.e164.as_str()), Some("+14155550132"));
-        assert_eq!(lead.phone.and_then(|phone| phone.region).as_deref(), Some("US"));
+        assert_eq!(
+            lead.phone.as_ref().map(|phone| phone.e164.as_str()),
+            Some("+14155550132")
+        );
+        assert_eq!(
+            lead.phone.and_then(|phone| phone.region).as_deref(),
+            Some("US")
+        );
         assert_eq!(lead.first_name, "Ada");
         assert_eq!(lead.source, "website-form");
         assert_eq!(lead.channel, "web");
@@ -248,7 +269,10 @@ mod tests {
         given.first_name = "Zoë".into();
         given.last_name = "Ōtani-Łukasz".into();
         let lead = NewLead::parse(&given, &config(), "lead").expect("valid lead");
-        assert_eq!((lead.first_name.as_str(), lead.last_name.as_str()), ("Zoë", "Ōtani-Łukasz"));
+        assert_eq!(
+            (lead.first_name.as_str(), lead.last_name.as_str()),
+            ("Zoë", "Ōtani-Łukasz")
+        );
     }
 
     #[test]
@@ -267,24 +291,91 @@ mod tests {
     #[test]
     fn every_bad_field_is_reported_in_order() {
         let bad_inputs = [
-            ("email", LeadInput { email: "nope".into(), ..input() }),
-            ("email", LeadInput { email: "a@localhost".into(), ..input() }),
-            ("phone", LeadInput { phone: "12".into(), ..input() }),
-            ("phone_region", LeadInput { phone_region: "XX".into(), ..input() }),
-            ("source", LeadInput { source: String::new(), ..input() }),
-            ("channel", LeadInput { channel: "web form!".into(), ..input() }),
-            ("first_name", LeadInput { first_name: "a\u{0}b".into(), ..input() }),
-            ("company", LeadInput { company: "x".repeat(201), ..input() }),
-            ("email", LeadInput { email: String::new(), phone: String::new(), ..input() }),
+            (
+                "email",
+                LeadInput {
+                    email: "nope".into(),
+                    ..input()
+                },
+            ),
+            (
+                "email",
+                LeadInput {
+                    email: "a@localhost".into(),
+                    ..input()
+                },
+            ),
+            (
+                "phone",
+                LeadInput {
+                    phone: "12".into(),
+                    ..input()
+                },
+            ),
+            (
+                "phone_region",
+                LeadInput {
+                    phone_region: "XX".into(),
+                    ..input()
+                },
+            ),
+            (
+                "source",
+                LeadInput {
+                    source: String::new(),
+                    ..input()
+                },
+            ),
+            (
+                "channel",
+                LeadInput {
+                    channel: "web form!".into(),
+                    ..input()
+                },
+            ),
+            (
+                "first_name",
+                LeadInput {
+                    first_name: "a\u{0}b".into(),
+                    ..input()
+                },
+            ),
+            (
+                "company",
+                LeadInput {
+                    company: "x".repeat(201),
+                    ..input()
+                },
+            ),
+            (
+                "email",
+                LeadInput {
+                    email: String::new(),
+                    phone: String::new(),
+                    ..input()
+                },
+            ),
         ];
         for (field, bad) in bad_inputs {
             let violations = NewLead::parse(&bad, &config(), "lead").expect_err(field);
-            let fields: Vec<&str> = violations.violations().iter().map(|v| v.field.as_str()).collect();
+            let fields: Vec<&str> = violations
+                .violations()
+                .iter()
+                .map(|v| v.field.as_str())
+                .collect();
             assert_eq!(fields, [format!("lead.{field}")], "input {bad:?}");
         }
-        let both = LeadInput { email: "nope".into(), phone: "12".into(), ..input() };
+        let both = LeadInput {
+            email: "nope".into(),
+            phone: "12".into(),
+            ..input()
+        };
         let violations = NewLead::parse(&both, &config(), "lead").expect_err("two bad fields");
-        let fields: Vec<&str> = violations.violations().iter().map(|v| v.field.as_str()).collect();
+        let fields: Vec<&str> = violations
+            .violations()
+            .iter()
+            .map(|v| v.field.as_str())
+            .collect();
         assert_eq!(fields, ["lead.email", "lead.phone"]);
     }
 

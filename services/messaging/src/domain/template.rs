@@ -52,7 +52,10 @@ impl Templates {
                     .filter(|variable| !VARIABLES.contains(&variable.as_str()))
                     .collect();
                 if !unknown.is_empty() {
-                    anyhow::bail!("template {full_name} uses unknown variables: {}", unknown.join(", "));
+                    anyhow::bail!(
+                        "template {full_name} uses unknown variables: {}",
+                        unknown.join(", ")
+                    );
                 }
             }
         }
@@ -61,8 +64,14 @@ impl Templates {
 
     /// Renders template `name` for `lead`.
     pub fn render(&self, name: &str, lead: &LeadContext) -> anyhow::Result<Rendered> {
-        let subject = self.env.get_template(&format!("{name}.subject"))?.render(lead)?;
-        let body = self.env.get_template(&format!("{name}.body"))?.render(lead)?;
+        let subject = self
+            .env
+            .get_template(&format!("{name}.subject"))?
+            .render(lead)?;
+        let body = self
+            .env
+            .get_template(&format!("{name}.body"))?
+            .render(lead)?;
         Ok(Rendered { subject, body })
     }
 }

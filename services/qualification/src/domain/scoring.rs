@@ -131,7 +131,12 @@ fn holds(condition: &Condition, lead: &LeadCaptured) -> bool {
 mod tests {
     use super::*;
 
-    fn captured(kind: EmailDomainKind, has_phone: bool, has_company: bool, channel: &str) -> LeadCaptured {
+    fn captured(
+        kind: EmailDomainKind,
+        has_phone: bool,
+        has_company: bool,
+        channel: &str,
+    ) -> LeadCaptured {
         LeadCaptured {
             email_domain_kind: kind.into(),
             has_phone,
@@ -143,16 +148,26 @@ mod tests {
 
     #[test]
     fn score_sums_the_rules_that_fired_and_names_them() {
-        let score = Model::default_v1().score(&captured(EmailDomainKind::Business, true, true, "referral"));
+        let score =
+            Model::default_v1().score(&captured(EmailDomainKind::Business, true, true, "referral"));
         let fired: Vec<&str> = score.hits.iter().map(|hit| hit.rule_id.as_str()).collect();
-        assert_eq!(fired, ["fit.business_email", "fit.has_phone", "fit.has_company", "fit.warm_channel"]);
+        assert_eq!(
+            fired,
+            [
+                "fit.business_email",
+                "fit.has_phone",
+                "fit.has_company",
+                "fit.warm_channel"
+            ]
+        );
         assert_eq!(score.fit, 55);
         assert_eq!(score.total(), 55);
     }
 
     #[test]
     fn free_mail_subtracts_and_nothing_else_fires() {
-        let score = Model::default_v1().score(&captured(EmailDomainKind::Free, false, false, "web"));
+        let score =
+            Model::default_v1().score(&captured(EmailDomainKind::Free, false, false, "web"));
         assert_eq!(score.fit, -5);
         assert_eq!(score.hits.len(), 1);
         assert_eq!(score.model_version, "default-v1");
