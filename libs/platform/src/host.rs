@@ -30,8 +30,29 @@ use crate::health::HealthMonitor;
 type Task = Box<dyn FnOnce(CancellationToken) -> BoxFuture<'static, ()> + Send>;
 
 /// A started service: connected, migrated (when configured) and bound, not yet serving.
+/// What a service is: its name (schema, consumer group, producer), environment prefix,
+/// default address, gRPC service names and migrations.
+#[derive(Debug)]
+pub struct ServiceSpec {
+    /// Name of the service, its Postgres schema, consumer group and event producer.
+    pub name: &'static str,
+    /// Prefix of its environment variables, e.g. `CAPTURE_`.
+    pub prefix: &'static str,
+    /// Address the gRPC server binds unless `<PREFIX>GRPC_ADDR` says otherwise.
+    pub default_grpc_addr: SocketAddr,
+    /// Fully qualified gRPC service names that health reports.
+    pub grpc_services: &'static [&'static str],
+    /// The service's own migrations.
+    pub migrator: &'static Migrator,
+}
+
+/// Returns `127.0.0.1:port`, the default address of a service in development.
+pub const fn localhost(port: u16) -> SocketAddr {
+    SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), port)
+}
+
 pub struct ServiceHost {
-    name: &'static str,
+    spec: &'static ServiceSpec,
     config: CommonConfig,
     pool: PgPool,
     redis_client: redis::Client,
@@ -44,21 +65,17 @@ pub struct ServiceHost {
 }
 
 impl ServiceHost {
-    /// Connects to Postgres (schema `name`) and Redis, migrates when `migrate_on_start` is
-    /// set, and binds the gRPC listener (`default_addr` unless configured).
-    pub async fn start(
-        name: &'static str,
-        config: CommonConfig,
-        migrator: &'static Migrator,
-        default_addr: SocketAddr,
-    ) -> anyhow::Result<Self> {
+    /// Connects to Postgres (schema `spec.name`) and Redis, migrates when `migrate_on_start`
+    /// is set, and binds the gRPC listener.
+    pub async fn start(spec: &'static ServiceSpec, config: CommonConfig) -> anyhow::Result<Self> {
+        let name = spec.name;
         let pool = crate::postgres::connect(&config.database_url, name).await?;
         if config.migrate_on_start {
-            crate::postgres::migrate(&pool, name, migrator).await?;
+            crate::postgres::migrate(&pool, name, spec.migrator).await?;
         }
         let redis_client = crate::redis::client(&config.redis_url)?;
         let redis = crate::redis::manager(&redis_client).await?;
-        let addr = config.grpc_addr.unwrap_or(default_addr);
+        let addr = config.grpc_addr.unwrap_or(spec.default_grpc_addr);
         let listener = TcpListener::bind(addr)
             .await
             .with_context(|| format!("bind grpc address {addr}"))?;
@@ -66,7 +83,7 @@ impl ServiceHost {
         let (health, _) = tonic_health::server::health_reporter();
         HealthMonitor::report(&health, &[], ServingStatus::NotServing).await;
         Ok(Self {
-            name,
+            spec,
             config,
             pool,
             redis_client,
@@ -109,12 +126,12 @@ impl ServiceHost {
         let relay = Relay::new(
             self.pool.clone(),
             self.redis.clone(),
-            self.name,
+            self.spec.name,
             Duration::from_millis(self.config.relay_poll_ms),
             self.config.stream_max_len,
         );
         self.relay = Some(relay);
-        Outbox::new(self.name, self.name, self.stream(stream))
+        Outbox::new(self.spec.name, self.spec.name, self.stream(stream))
     }
 
     /// Runs `handler` over `streams` in this service's consumer group while serving.
@@ -123,9 +140,9 @@ impl ServiceHost {
             .config
             .consumer_name
             .clone()
-            .unwrap_or_else(|| format!("{}-{}", self.name, uuid::Uuid::new_v4().simple()));
+            .unwrap_or_else(|| format!("{}-{}", self.spec.name, uuid::Uuid::new_v4().simple()));
         let settings = ConsumerSettings {
-            group: self.name.to_owned(),
+            group: self.spec.name.to_owned(),
             consumer: consumer_name,
             streams: streams.iter().map(|stream| self.stream(stream)).collect(),
             block: Duration::from_millis(self.config.consumer_block_ms),
@@ -137,7 +154,7 @@ impl ServiceHost {
             self.pool.clone(),
             self.redis_client.clone(),
             self.redis.clone(),
-            self.name,
+            self.spec.name,
             settings,
             handler,
         );
@@ -145,14 +162,14 @@ impl ServiceHost {
             .push(Box::new(move |stop| Box::pin(consumer.run(stop))));
     }
 
-    /// Serves `routes` (whose gRPC names are `services`) with health and reflection until
-    /// `signal` completes, then shuts down gracefully within the configured grace period.
+    /// Serves `routes` with health and reflection until `signal` completes, then shuts down
+    /// gracefully within the configured grace period.
     pub async fn serve(
         self,
         routes: RoutesBuilder,
-        services: &[&'static str],
         signal: impl Future<Output = ()> + Send,
     ) -> anyhow::Result<()> {
+        let services = self.spec.grpc_services;
         let grace = self.config.shutdown_grace();
         let health_stop = CancellationToken::new();
         let monitor = HealthMonitor::new(
@@ -203,7 +220,7 @@ impl ServiceHost {
                 TcpListenerStream::new(self.listener),
                 stop_accepting.clone().cancelled_owned(),
             );
-        tracing::info!(service = self.name, grpc_addr = %self.grpc_addr, "serving");
+        tracing::info!(service = self.spec.name, grpc_addr = %self.grpc_addr, "serving");
         tokio::pin!(server);
         tokio::select! {
             served = &mut server => {
@@ -238,6 +255,64 @@ impl ServiceHost {
         tracing::info!("stopped");
         Ok(())
     }
+}
+
+/// A built service: connected, bound, its RPCs and background work wired; not yet serving.
+pub struct Application {
+    host: ServiceHost,
+    routes: RoutesBuilder,
+}
+
+impl Application {
+    /// Returns an application serving `routes` on `host`.
+    pub fn new(host: ServiceHost, routes: RoutesBuilder) -> Self {
+        Self { host, routes }
+    }
+
+    /// Returns the bound gRPC address.
+    pub fn grpc_addr(&self) -> SocketAddr {
+        self.host.grpc_addr()
+    }
+
+    /// Serves until `signal` completes, then shuts down gracefully.
+    pub async fn run_until(self, signal: impl Future<Output = ()> + Send) -> anyhow::Result<()> {
+        self.host.serve(self.routes, signal).await
+    }
+}
+
+/// Applies the migrations of `spec`'s schema.
+pub async fn migrate(spec: &'static ServiceSpec, common: &CommonConfig) -> anyhow::Result<()> {
+    let pool = crate::postgres::connect(&common.database_url, spec.name).await?;
+    crate::postgres::migrate(&pool, spec.name, spec.migrator).await?;
+    tracing::info!(schema = spec.name, "migrations applied");
+    Ok(())
+}
+
+/// Runs a service binary: `serve` (the default) builds it with `build` from the configuration
+/// `load` reads and serves until SIGTERM; `migrate` applies its migrations and exits. A
+/// configuration error names the variable and exits with 64.
+pub async fn run<C, B, Fut>(
+    spec: &'static ServiceSpec,
+    load: fn() -> Result<C, crate::config::ConfigError>,
+    build: B,
+) -> anyhow::Result<()>
+where
+    B: FnOnce(C) -> Fut,
+    Fut: Future<Output = anyhow::Result<Application>>,
+{
+    let command = Command::from_args();
+    // `migrate` needs only the shared settings: the Kubernetes Job carries no service secrets.
+    let common = crate::config::or_exit(spec.name, crate::config::load(spec.prefix));
+    let telemetry = crate::telemetry::init(spec.name)?;
+    match command {
+        Command::Migrate => migrate(spec, &common).await?,
+        Command::Serve => {
+            let config = crate::config::or_exit(spec.name, load());
+            let app = build(config).await?;
+            app.run_until(crate::shutdown_signal()).await?;
+        }
+    }
+    telemetry.shutdown().await
 }
 
 /// What a service binary is asked to do.

@@ -13,5 +13,5 @@ pub mod shutdown;
 pub mod telemetry;
 pub mod validation;
 
-pub use host::ServiceHost;
+pub use host::{Application, ServiceHost, ServiceSpec};
 pub use shutdown::shutdown_signal;

@@ -1,22 +1,11 @@
 //! The `qualification` binary: `qualification serve` (the default) or `qualification migrate`.
 
-use leadflow_platform::config::{load, or_exit};
-use leadflow_platform::host::Command;
-use leadflow_qualification::{Application, Config, SERVICE, config::PREFIX};
-
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let command = Command::from_args();
-    // `migrate` needs only the shared settings: the Kubernetes Job carries no service secrets.
-    let common = or_exit(SERVICE, load(PREFIX));
-    let telemetry = leadflow_platform::telemetry::init(SERVICE)?;
-    match command {
-        Command::Migrate => Application::migrate(&common).await?,
-        Command::Serve => {
-            let config = or_exit(SERVICE, Config::from_env());
-            let app = Application::build(config).await?;
-            app.run_until(leadflow_platform::shutdown_signal()).await?;
-        }
-    }
-    telemetry.shutdown().await
+    leadflow_platform::host::run(
+        &leadflow_qualification::SPEC,
+        leadflow_qualification::Config::from_env,
+        leadflow_qualification::build,
+    )
+    .await
 }
