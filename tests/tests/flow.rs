@@ -231,6 +231,72 @@ async fn a_captured_lead_flows_through_every_service() -> anyhow::Result<()> {
         .into_inner();
     assert_eq!(web_only.total_leads, 0);
 
+    // One trace from the capture through every hop: each envelope carries the same trace id.
+    let mut redis = suite.env.redis().await?;
+    let mut trace_ids = Vec::new();
+    for stream in [
+        "leadflow.capture.v1",
+        "leadflow.qualification.v1",
+        "leadflow.messaging.v1",
+    ] {
+        let entries: redis::streams::StreamRangeReply = redis::cmd("XRANGE")
+            .arg(suite.env.stream(stream))
+            .arg("-")
+            .arg("+")
+            .query_async(&mut redis)
+            .await?;
+        for entry in entries.ids {
+            let Some(redis::Value::BulkString(bytes)) = entry.map.get("envelope") else {
+                panic!("entry without envelope in {stream}");
+            };
+            let envelope =
+                <leadflow_proto::events::v1::Envelope as prost::Message>::decode(bytes.as_slice())?;
+            assert_eq!(envelope.lead_id, lead_id);
+            let trace_id = envelope
+                .traceparent
+                .split('-')
+                .nth(1)
+                .unwrap_or_default()
+                .to_owned();
+            trace_ids.push((envelope.event_type, trace_id));
+        }
+    }
+    let types: Vec<&str> = trace_ids
+        .iter()
+        .map(|(event_type, _)| event_type.as_str())
+        .collect();
+    assert_eq!(
+        types,
+        [
+            "lead.captured",
+            "lead.scored",
+            "lead.stage_changed",
+            "lead.stage_changed",
+            "message.sent",
+            "message.inbound"
+        ]
+    );
+    let capture_trace = &trace_ids[0].1;
+    let reply_trace = &trace_ids[5].1;
+    assert_eq!(capture_trace.len(), 32, "a W3C trace id");
+    assert_ne!(capture_trace, reply_trace, "the reply is a call of its own");
+    let traces: Vec<&str> = trace_ids
+        .iter()
+        .map(|(_, trace_id)| trace_id.as_str())
+        .collect();
+    assert_eq!(
+        traces,
+        [
+            capture_trace,
+            capture_trace,
+            capture_trace,
+            reply_trace,
+            capture_trace,
+            reply_trace
+        ],
+        "events continue the trace of the call that caused them: {trace_ids:?}"
+    );
+
     // No personal data in any log line of any service.
     let logs = suite.all_logs();
     assert!(logs.len() > 10, "services logged: {}", logs.len());
