@@ -29,6 +29,14 @@ fn relay(env: &TestEnv) -> Relay {
     )
 }
 
+/// Drains `relay`, bounded: a relay that never empties the outbox fails the test.
+async fn drain(relay: &Relay) -> usize {
+    tokio::time::timeout(support::DEADLINE, relay.drain())
+        .await
+        .expect("drain finishes within the deadline")
+        .expect("drain")
+}
+
 fn outbox(stream: &str) -> Outbox {
     Outbox::new(SCHEMA, support::PRODUCER, stream.to_owned())
 }
@@ -104,7 +112,7 @@ async fn an_event_committed_while_the_relay_is_stopped_arrives_once_after_restar
     let task = tokio::spawn(relay(&env).run(token.clone()));
     tokio::time::sleep(Duration::from_millis(300)).await;
     stop(&token, task).await;
-    assert_eq!(relay(&env).drain().await.expect("drain"), 0);
+    assert_eq!(drain(&relay(&env)).await, 0);
 
     let envelopes = env.envelopes(&stream).await;
     assert_eq!(
@@ -137,7 +145,7 @@ async fn two_relays_publish_each_row_exactly_once() {
             let barrier = barrier.clone();
             tokio::spawn(async move {
                 barrier.wait().await;
-                relay.drain().await.expect("drain")
+                drain(&relay).await
             })
         })
         .collect();
@@ -175,17 +183,9 @@ async fn a_row_committing_after_a_higher_id_is_still_published() {
     let mut slow = env.pool.begin().await.expect("begin slow transaction");
     let early = add(&mut slow, &outbox).await;
     let late = add_committed(&env, &outbox).await;
-    assert_eq!(
-        relay.drain().await.expect("first drain"),
-        1,
-        "only the committed row is visible"
-    );
+    assert_eq!(drain(&relay).await, 1, "only the committed row is visible");
     slow.commit().await.expect("commit slow transaction");
-    assert_eq!(
-        relay.drain().await.expect("second drain"),
-        1,
-        "the slow row is published"
-    );
+    assert_eq!(drain(&relay).await, 1, "the slow row is published");
 
     let (early_id, early_published) = env.outbox_row(&early).await;
     let (late_id, late_published) = env.outbox_row(&late).await;
@@ -482,5 +482,93 @@ async fn a_consumer_recreates_its_group_after_redis_loses_it() {
     assert!(
         effects.values().all(|n| *n == 1),
         "redelivery after recreation is not reapplied: {effects:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_running_relay_is_woken_by_notify_before_its_poll_interval() {
+    let env = TestEnv::new().await;
+    let stream = env.stream("capture");
+    let outbox = outbox(&stream);
+    // Polling alone would take a minute: only the outbox trigger's NOTIFY can beat the deadline.
+    let relay = Relay::new(
+        env.pool.clone(),
+        env.redis.clone(),
+        SCHEMA,
+        Duration::from_secs(60),
+        1_000_000,
+    );
+    let token = CancellationToken::new();
+    let task = tokio::spawn(relay.run(token.clone()));
+    wait_until("the relay listens for outbox notifications", || async {
+        sqlx::query_scalar::<_, i64>(
+            "SELECT count(*) FROM pg_stat_activity \
+             WHERE datname = current_database() AND query LIKE 'LISTEN%'",
+        )
+        .fetch_one(&env.pool)
+        .await
+        .expect("read pg_stat_activity")
+            == 1
+    })
+    .await;
+
+    let event = add_committed(&env, &outbox).await;
+    wait_until("the event is published", || async {
+        env.xlen(&stream).await >= 1
+    })
+    .await;
+    stop(&token, task).await;
+
+    let envelopes = env.envelopes(&stream).await;
+    assert_eq!(envelopes.len(), 1);
+    assert_eq!(envelopes[0].event_id, event);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_restarted_consumer_finishes_its_own_pending_entries_first() {
+    let env = TestEnv::new().await;
+    let stream = env.stream("capture");
+    let mut events = HashSet::new();
+    for _ in 0..5 {
+        let envelope = lead_captured();
+        env.publish(&stream, &envelope).await;
+        events.insert(event_id(&envelope));
+    }
+    // No takeover within the test: only reading its own pending entries can finish them.
+    let mut settings = env.settings(GROUP, "c1", &[&stream]);
+    settings.min_idle = Duration::from_secs(60);
+
+    let stuck = Arc::new(Stuck::default());
+    let first =
+        tokio::spawn(consumer(&env, settings.clone(), stuck.clone()).run(CancellationToken::new()));
+    wait_until("c1 holds the 5 entries", || async {
+        env.pending_of(&stream, GROUP, "c1").await.len() == 5
+    })
+    .await;
+    wait_until("c1 is inside its handler", || async {
+        stuck.entered.load(Ordering::SeqCst) >= 1
+    })
+    .await;
+    first.abort();
+    assert!(first.await.expect_err("c1 was aborted").is_cancelled());
+
+    let token = CancellationToken::new();
+    let restarted =
+        tokio::spawn(consumer(&env, settings, Arc::new(Recorder::default())).run(token.clone()));
+    wait_until("the restarted c1 applied all 5 events", || async {
+        env.effects().await.len() == 5
+    })
+    .await;
+    wait_until("nothing is pending", || async {
+        env.pending(&stream, GROUP).await == 0
+    })
+    .await;
+    stop(&token, restarted).await;
+
+    let effects = env.effects().await;
+    assert_eq!(effects.keys().copied().collect::<HashSet<_>>(), events);
+    assert!(
+        effects.values().all(|n| *n == 1),
+        "each event applied once: {effects:?}"
     );
 }

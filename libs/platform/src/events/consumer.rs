@@ -303,8 +303,13 @@ impl<H: EventHandler> Consumer<H> {
                     .query_async(&mut self.commands)
                     .await
                     .context("xautoclaim")?;
-                if let (Some(first), Some(last)) = (reply.claimed.first(), reply.claimed.last()) {
-                    let deliveries = self.delivery_counts(&stream, &first.id, &last.id).await?;
+                if !reply.claimed.is_empty() {
+                    let ids: Vec<&str> = reply
+                        .claimed
+                        .iter()
+                        .map(|entry| entry.id.as_str())
+                        .collect();
+                    let deliveries = self.delivery_counts(&stream, &ids).await?;
                     tracing::info!(stream = %stream, claimed = reply.claimed.len(), "took over idle entries");
                     for entry in reply.claimed {
                         let delivered = deliveries.get(&entry.id).copied().unwrap_or(1);
@@ -329,25 +334,30 @@ impl<H: EventHandler> Consumer<H> {
         Ok(())
     }
 
+    /// Returns how often each of `ids` was delivered. One `XPENDING` per id (pipelined): a
+    /// range query could be filled by other pending entries of ours and miss some.
     async fn delivery_counts(
         &mut self,
         stream: &str,
-        first: &str,
-        last: &str,
+        ids: &[&str],
     ) -> anyhow::Result<HashMap<String, usize>> {
-        let reply: StreamPendingCountReply = redis::cmd("XPENDING")
-            .arg(stream)
-            .arg(&self.settings.group)
-            .arg(first)
-            .arg(last)
-            .arg(self.settings.batch_size)
-            .arg(&self.settings.consumer)
+        let mut pipeline = redis::pipe();
+        for id in ids {
+            pipeline
+                .cmd("XPENDING")
+                .arg(stream)
+                .arg(&self.settings.group)
+                .arg(id)
+                .arg(id)
+                .arg(1);
+        }
+        let replies: Vec<StreamPendingCountReply> = pipeline
             .query_async(&mut self.commands)
             .await
             .context("xpending")?;
-        Ok(reply
-            .ids
+        Ok(replies
             .into_iter()
+            .flat_map(|reply| reply.ids)
             .map(|pending| (pending.id, pending.times_delivered))
             .collect())
     }
@@ -371,7 +381,16 @@ impl<H: EventHandler> Consumer<H> {
         );
         crate::telemetry::set_parent_from_traceparent(&span, &envelope.traceparent);
         let outcome = self.apply(stream, &envelope).instrument(span.clone()).await;
-        let _entered = span.enter();
+        self.settle(stream, &entry, outcome).instrument(span).await;
+    }
+
+    /// Acknowledges, dead-letters or leaves pending an entry after applying it.
+    async fn settle(
+        &mut self,
+        stream: &str,
+        entry: &StreamId,
+        outcome: Result<Outcome, HandleError>,
+    ) {
         match outcome {
             Ok(Outcome::Applied) => {
                 self.last_errors.remove(&entry.id);
@@ -383,7 +402,7 @@ impl<H: EventHandler> Consumer<H> {
                 self.ack(stream, &entry.id).await;
             }
             Err(err @ HandleError::Permanent(_)) => {
-                self.dead_letter(stream, &entry, err.class(), &err.to_string(), 1)
+                self.dead_letter(stream, entry, err.class(), &err.to_string(), 1)
                     .await;
             }
             Err(err @ HandleError::Transient(_)) => {
