@@ -98,6 +98,22 @@ pub struct CommonConfig {
     /// Approximate length each stream is trimmed to (`XADD MAXLEN ~`).
     #[serde(default = "default_stream_max_len")]
     pub stream_max_len: usize,
+    /// Pepper of the API-key secret hashes (at least 32 bytes); services that check keys
+    /// require it.
+    pub api_key_pepper: Option<SecretString>,
+    /// Environment named in new API keys (`lf_<env>_…`): `dev`, `test`, `live`.
+    #[serde(default = "default_api_key_env")]
+    pub api_key_env: String,
+    /// Whether gRPC reflection is open to callers without a key (else it needs `admin`).
+    #[serde(default = "default_true")]
+    pub reflection_open: bool,
+}
+
+fn default_api_key_env() -> String {
+    "dev".to_owned()
+}
+fn default_true() -> bool {
+    true
 }
 
 fn default_max_request_bytes() -> usize {

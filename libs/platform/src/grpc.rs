@@ -1,7 +1,8 @@
-//! gRPC plumbing shared by servers and clients: trace-context propagation both ways.
+//! gRPC plumbing shared by servers and clients: trace-context propagation both ways, and the
+//! API key of outgoing calls.
 
 use tonic::codegen::http;
-use tonic::metadata::MetadataValue;
+use tonic::metadata::{Ascii, MetadataValue};
 use tonic::transport::{Channel, Endpoint};
 
 /// Returns the server span of one call, parented to the caller's `traceparent`.
@@ -11,15 +12,35 @@ pub fn server_span(request: &http::Request<()>) -> tracing::Span {
     span
 }
 
-/// Adds the current span's `traceparent` to an outgoing call.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct PropagateTrace;
+/// Adds the current span's `traceparent`, and an API key when configured, to outgoing calls.
+#[derive(Debug, Clone, Default)]
+pub struct Outgoing {
+    authorization: Option<MetadataValue<Ascii>>,
+}
 
-impl tonic::service::Interceptor for PropagateTrace {
+impl Outgoing {
+    /// Returns an interceptor sending `api_key` as `authorization: Bearer <key>`.
+    pub fn with_api_key(api_key: &secrecy::SecretString) -> anyhow::Result<Self> {
+        let value = format!("Bearer {}", secrecy::ExposeSecret::expose_secret(api_key));
+        let mut value = MetadataValue::try_from(value.as_str())
+            .map_err(|_| anyhow::anyhow!("api key is not printable ascii"))?;
+        value.set_sensitive(true);
+        Ok(Self {
+            authorization: Some(value),
+        })
+    }
+}
+
+impl tonic::service::Interceptor for Outgoing {
     fn call(
         &mut self,
         mut request: tonic::Request<()>,
     ) -> Result<tonic::Request<()>, tonic::Status> {
+        if let Some(authorization) = &self.authorization {
+            request
+                .metadata_mut()
+                .insert("authorization", authorization.clone());
+        }
         let traceparent = crate::telemetry::current_traceparent();
         if let Ok(value) = MetadataValue::try_from(traceparent.as_str())
             && !traceparent.is_empty()

@@ -21,6 +21,7 @@ use tonic_health::ServingStatus;
 use tonic_health::pb::health_server::HealthServer;
 use tonic_health::server::{HealthReporter, HealthService};
 
+use crate::auth::{AuthLayer, Authenticator, KeyStore, Pepper, Scope};
 use crate::config::CommonConfig;
 use crate::events::consumer::{Consumer, ConsumerSettings, EventHandler};
 use crate::events::outbox::Outbox;
@@ -167,6 +168,7 @@ impl ServiceHost {
     pub async fn serve(
         self,
         routes: RoutesBuilder,
+        auth: Option<Authenticator>,
         signal: impl Future<Output = ()> + Send,
     ) -> anyhow::Result<()> {
         let services = self.spec.grpc_services;
@@ -215,6 +217,7 @@ impl ServiceHost {
             .trace_fn(crate::grpc::server_span)
             // Callers' `grpc-timeout` is honoured below this ceiling.
             .timeout(Duration::from_secs(30))
+            .layer(tower::util::option_layer(auth.map(AuthLayer::new)))
             .add_routes(routes.routes())
             .serve_with_incoming_shutdown(
                 TcpListenerStream::new(self.listener),
@@ -261,12 +264,23 @@ impl ServiceHost {
 pub struct Application {
     host: ServiceHost,
     routes: RoutesBuilder,
+    auth: Option<Authenticator>,
 }
 
 impl Application {
     /// Returns an application serving `routes` on `host`.
     pub fn new(host: ServiceHost, routes: RoutesBuilder) -> Self {
-        Self { host, routes }
+        Self {
+            host,
+            routes,
+            auth: None,
+        }
+    }
+
+    /// Requires an API key with the scope `RPC_ACCESS` names on every call.
+    pub fn with_auth(mut self, auth: Authenticator) -> Self {
+        self.auth = Some(auth);
+        self
     }
 
     /// Returns the bound gRPC address.
@@ -276,7 +290,7 @@ impl Application {
 
     /// Serves until `signal` completes, then shuts down gracefully.
     pub async fn run_until(self, signal: impl Future<Output = ()> + Send) -> anyhow::Result<()> {
-        self.host.serve(self.routes, signal).await
+        self.host.serve(self.routes, self.auth, signal).await
     }
 }
 
@@ -306,6 +320,9 @@ where
     let telemetry = crate::telemetry::init(spec.name)?;
     match command {
         Command::Migrate => migrate(spec, &common).await?,
+        Command::CreateApiKey { name, scopes } => {
+            create_api_key(spec, common, &name, &scopes).await?
+        }
         Command::Serve => {
             let config = crate::config::or_exit(spec.name, load());
             let app = build(config).await?;
@@ -315,13 +332,73 @@ where
     telemetry.shutdown().await
 }
 
+/// Returns the API-key authenticator of a service whose keys live in its own schema.
+pub fn authenticator(
+    spec: &'static ServiceSpec,
+    common: &CommonConfig,
+    pool: PgPool,
+) -> anyhow::Result<Authenticator> {
+    let pepper = common
+        .api_key_pepper
+        .clone()
+        .with_context(|| format!("{}API_KEY_PEPPER is required", spec.prefix))?;
+    let pepper = Pepper::new(pepper).with_context(|| format!("{}API_KEY_PEPPER", spec.prefix))?;
+    let settings = crate::auth::AuthSettings {
+        reflection_open: common.reflection_open,
+        ..crate::auth::AuthSettings::default()
+    };
+    Ok(Authenticator::with_settings(
+        KeyStore::new(pool, spec.name, pepper),
+        settings,
+    ))
+}
+
+async fn create_api_key(
+    spec: &'static ServiceSpec,
+    common: CommonConfig,
+    name: &str,
+    scopes: &[String],
+) -> anyhow::Result<()> {
+    let scopes = scopes
+        .iter()
+        .map(|scope| {
+            scope
+                .parse::<Scope>()
+                .map_err(|err| anyhow::anyhow!("{err}"))
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let pool = crate::postgres::connect(&common.database_url, spec.name).await?;
+    crate::postgres::migrate(&pool, spec.name, spec.migrator).await?;
+    let auth = authenticator(spec, &common, pool)?;
+    let (info, plaintext) = auth
+        .store()
+        .create(name, &common.api_key_env, &scopes, None)
+        .await
+        .context("create api key")?;
+    eprintln!(
+        "created api key {} ({}) with scopes {:?}; it is shown once:",
+        info.key_id, info.name, scopes
+    );
+    println!("{}", secrecy::ExposeSecret::expose_secret(&plaintext));
+    Ok(())
+}
+
 /// What a service binary is asked to do.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::Subcommand)]
+#[derive(Debug, Clone, PartialEq, Eq, clap::Subcommand)]
 pub enum Command {
     /// Serve gRPC until SIGTERM (the default).
     Serve,
     /// Apply the service's database migrations and exit (the Kubernetes migration Job).
     Migrate,
+    /// Create an API key (e.g. the first admin key) and print it once.
+    CreateApiKey {
+        /// Who or what the key is for
+        #[arg(long)]
+        name: String,
+        /// A scope the key holds: leads:write, leads:read, pii:read, admin (repeatable)
+        #[arg(long = "scope", required = true)]
+        scopes: Vec<String>,
+    },
 }
 
 #[derive(Debug, clap::Parser)]

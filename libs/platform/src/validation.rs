@@ -3,10 +3,12 @@
 use tonic::{Code, Status};
 use tonic_types::{ErrorDetails, StatusExt};
 
-/// One bad field: its dotted path (e.g. `lead.email`) and why.
+/// One bad field: its dotted path (e.g. `lead.email`), a reason code (SCREAMING_SNAKE,
+/// e.g. `REQUIRED`) and a message.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FieldViolation {
     pub field: String,
+    pub reason: String,
     pub description: String,
 }
 
@@ -20,12 +22,39 @@ impl FieldViolations {
         Self::default()
     }
 
-    /// Records that `field` is bad because of `description`.
+    /// Records that `field` is bad because of `description` (reason `INVALID`).
     pub fn add(&mut self, field: impl Into<String>, description: impl Into<String>) {
+        self.reject(field, "INVALID", description);
+    }
+
+    /// Records that `field` is bad for `reason` (a SCREAMING_SNAKE code), explained by
+    /// `description`.
+    pub fn reject(
+        &mut self,
+        field: impl Into<String>,
+        reason: &str,
+        description: impl Into<String>,
+    ) {
         self.0.push(FieldViolation {
             field: field.into(),
+            reason: reason.to_owned(),
             description: description.into(),
         });
+    }
+
+    /// Returns these violations but those of `field`.
+    pub fn without(self, field: &str) -> Self {
+        Self(
+            self.0
+                .into_iter()
+                .filter(|violation| violation.field != field)
+                .collect(),
+        )
+    }
+
+    /// Appends every violation of `other`.
+    pub fn extend(&mut self, other: FieldViolations) {
+        self.0.extend(other.0);
     }
 
     /// Returns whether nothing was recorded.
@@ -49,11 +78,21 @@ impl FieldViolations {
 
     /// Converts into an `INVALID_ARGUMENT` status carrying a `BadRequest`.
     pub fn into_status(self, message: &str) -> Status {
-        let mut details = ErrorDetails::new();
-        for violation in self.0 {
-            details.add_bad_request_violation(violation.field, violation.description);
-        }
-        Status::with_error_details(Code::InvalidArgument, message, details)
+        let violations: Vec<tonic_types::FieldViolation> = self
+            .0
+            .into_iter()
+            .map(|violation| tonic_types::FieldViolation {
+                field: violation.field,
+                description: violation.description,
+                reason: violation.reason,
+                localized_message: None,
+            })
+            .collect();
+        Status::with_error_details(
+            Code::InvalidArgument,
+            message,
+            ErrorDetails::with_bad_request(violations),
+        )
     }
 }
 
@@ -64,7 +103,7 @@ pub fn parse_uuid(
     value: &str,
 ) -> Option<uuid::Uuid> {
     if value.trim().is_empty() {
-        violations.add(field, "is required");
+        violations.reject(field, "REQUIRED", "is required");
         return None;
     }
     match uuid::Uuid::parse_str(value.trim()) {
