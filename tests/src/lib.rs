@@ -9,13 +9,19 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
+use leadflow_platform::grpc::Outgoing;
 use leadflow_proto::analytics::v1::analytics_service_client::AnalyticsServiceClient;
 use leadflow_proto::capture::v1::capture_service_client::CaptureServiceClient;
+use leadflow_proto::capture::v1::{
+    CreateSourceRequest, DedupeMode, DedupePolicy, SourceKind, SourceSettings,
+};
 use leadflow_proto::messaging::v1::messaging_service_client::MessagingServiceClient;
 use leadflow_proto::qualification::v1::qualification_service_client::QualificationServiceClient;
+use secrecy::SecretString;
 use sqlx::{Connection, PgConnection};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
+use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
 use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_check_response::ServingStatus;
@@ -23,6 +29,15 @@ use tonic_health::pb::health_client::HealthClient;
 
 /// Key of the identity hashes in tests (32 bytes or more).
 pub const IDENTITY_HASH_KEY: &str = "e2e-identity-hash-key-0123456789abcdef";
+/// Key-encryption key of capture's personal data in tests (32 bytes, hex).
+pub const PII_KEY: &str = "1111111111111111111111111111111111111111111111111111111111111111";
+/// Blind-index key in tests (32 bytes, hex).
+pub const BLIND_INDEX_KEY: &str =
+    "2222222222222222222222222222222222222222222222222222222222222222";
+/// Pepper of API-key hashes in tests.
+pub const API_KEY_PEPPER: &str = "e2e-api-key-pepper-0123456789abcdefghij";
+/// The source every suite registers (merge policy).
+pub const WEBSITE_SOURCE: &str = "website";
 
 /// Returns the admin URL of the test Postgres server.
 pub fn admin_database_url() -> String {
@@ -70,6 +85,35 @@ impl TestEnv {
         })
     }
 
+    /// Creates an API key with `scopes` through capture's `create-api-key` subcommand (the
+    /// bootstrap path of the README) and returns it.
+    pub async fn create_api_key(&self, name: &str, scopes: &[&str]) -> anyhow::Result<String> {
+        let mut command = Command::new(binary_path("capture")?);
+        command.arg("create-api-key").arg("--name").arg(name);
+        for scope in scopes {
+            command.arg("--scope").arg(scope);
+        }
+        let output = command
+            .env_clear()
+            .env("RUST_LOG", "warn")
+            .envs(self.service_env(Service::Capture))
+            .output()
+            .await
+            .context("run capture create-api-key")?;
+        if !output.status.success() {
+            bail!(
+                "create-api-key failed: {}",
+                String::from_utf8_lossy(&output.stderr)
+            );
+        }
+        let key = String::from_utf8(output.stdout)?
+            .lines()
+            .find(|line| line.starts_with("lf_"))
+            .context("create-api-key printed no key")?
+            .to_owned();
+        Ok(key)
+    }
+
     /// Returns a connection to the test database, for asserting what services stored.
     pub async fn connect(&self) -> anyhow::Result<PgConnection> {
         PgConnection::connect(&self.database_url)
@@ -105,10 +149,17 @@ impl TestEnv {
             (format!("{prefix}SHUTDOWN_GRACE_MS"), "5000".to_owned()),
         ];
         match service {
-            Service::Capture => env.push((
-                "CAPTURE_IDENTITY_HASH_KEY".to_owned(),
-                IDENTITY_HASH_KEY.to_owned(),
-            )),
+            Service::Capture => {
+                for (name, value) in [
+                    ("CAPTURE_IDENTITY_HASH_KEY", IDENTITY_HASH_KEY),
+                    ("CAPTURE_PII_KEY", PII_KEY),
+                    ("CAPTURE_BLIND_INDEX_KEY", BLIND_INDEX_KEY),
+                    ("CAPTURE_API_KEY_PEPPER", API_KEY_PEPPER),
+                    ("CAPTURE_API_KEY_ENV", "test"),
+                ] {
+                    env.push((name.to_owned(), value.to_owned()));
+                }
+            }
             Service::Messaging => env.push((
                 "MESSAGING_SINK_DIR".to_owned(),
                 self.sink_dir.display().to_string(),
@@ -301,19 +352,37 @@ impl Running {
     }
 }
 
+/// A client interceptor carrying an API key.
+pub type Authed = InterceptedService<Channel, Outgoing>;
+
+/// Returns `channel` wrapped to send `api_key`.
+pub fn authed(channel: Channel, api_key: &str) -> anyhow::Result<Authed> {
+    Ok(InterceptedService::new(
+        channel,
+        Outgoing::with_api_key(&SecretString::from(api_key.to_owned()))?,
+    ))
+}
+
 /// All four services, started in dependency order against one test environment.
 pub struct Suite {
     pub env: TestEnv,
     pub services: HashMap<Service, Running>,
+    /// A key with every scope.
+    pub admin_key: String,
 }
 
 impl Suite {
     /// Starts capture, then the others (messaging needs capture's address).
     pub async fn start() -> anyhow::Result<Self> {
         let env = TestEnv::create().await?;
+        let admin_key = env.create_api_key("e2e-admin", &["admin"]).await?;
+        let messaging_key = env
+            .create_api_key("e2e-messaging", &["leads:read", "pii:read"])
+            .await?;
         let capture = Running::start(Service::Capture, &env.service_env(Service::Capture)).await?;
         let mut messaging_env = env.service_env(Service::Messaging);
         messaging_env.push(("MESSAGING_CAPTURE_URL".to_owned(), capture.url()));
+        messaging_env.push(("MESSAGING_CAPTURE_API_KEY".to_owned(), messaging_key));
         let qualification_env = env.service_env(Service::Qualification);
         let analytics_env = env.service_env(Service::Analytics);
         let (qualification, messaging, analytics) = tokio::try_join!(
@@ -325,17 +394,62 @@ impl Suite {
             .into_iter()
             .map(|running| (running.service, running))
             .collect();
-        Ok(Self { env, services })
+        let suite = Self {
+            env,
+            services,
+            admin_key,
+        };
+        suite
+            .create_source(
+                WEBSITE_SOURCE,
+                SourceSettings {
+                    name: "Website contact form".into(),
+                    kind: SourceKind::Form.into(),
+                    dedupe: Some(DedupePolicy {
+                        mode: DedupeMode::Merge.into(),
+                        window_seconds: 0,
+                    }),
+                    cost_per_lead_micros: 2_500_000,
+                    currency: "USD".into(),
+                    return_window_days: 30,
+                    ..SourceSettings::default()
+                },
+            )
+            .await?;
+        Ok(suite)
+    }
+
+    /// Registers a source with the admin key.
+    pub async fn create_source(
+        &self,
+        source_id: &str,
+        settings: SourceSettings,
+    ) -> anyhow::Result<()> {
+        self.capture()
+            .await?
+            .create_source(CreateSourceRequest {
+                source_id: source_id.to_owned(),
+                settings: Some(settings),
+            })
+            .await?;
+        Ok(())
+    }
+
+    /// Returns a capture client calling with `api_key`.
+    pub async fn capture_as(&self, api_key: &str) -> anyhow::Result<CaptureServiceClient<Authed>> {
+        Ok(CaptureServiceClient::new(authed(
+            self.running(Service::Capture).channel().await?,
+            api_key,
+        )?))
     }
 
     fn running(&self, service: Service) -> &Running {
         &self.services[&service]
     }
 
-    pub async fn capture(&self) -> anyhow::Result<CaptureServiceClient<Channel>> {
-        Ok(CaptureServiceClient::new(
-            self.running(Service::Capture).channel().await?,
-        ))
+    /// Returns a capture client with the admin key.
+    pub async fn capture(&self) -> anyhow::Result<CaptureServiceClient<Authed>> {
+        self.capture_as(&self.admin_key).await
     }
 
     pub async fn qualification(&self) -> anyhow::Result<QualificationServiceClient<Channel>> {

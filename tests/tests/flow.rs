@@ -27,7 +27,7 @@ fn canary_lead() -> LeadInput {
         source: "website".into(),
         channel: "Referral".into(),
         campaign: "spring-launch".into(),
-        phone_region: String::new(),
+        ..LeadInput::default()
     }
 }
 
@@ -48,6 +48,7 @@ async fn a_captured_lead_flows_through_every_service() -> anyhow::Result<()> {
         .await?
         .capture_lead(CaptureLeadRequest {
             lead: Some(canary_lead()),
+            ..CaptureLeadRequest::default()
         })
         .await?
         .into_inner()
@@ -56,7 +57,10 @@ async fn a_captured_lead_flows_through_every_service() -> anyhow::Result<()> {
     assert_eq!(captured.email, "canary.person@canary-corp.example");
     assert_eq!(captured.phone, "+14155550199");
     assert_eq!(captured.channel, "referral");
-    assert!(!captured.email_free);
+    assert_eq!(
+        captured.email_kind(),
+        leadflow_proto::capture::v1::EmailKind::Business
+    );
     let lead_id = captured.lead_id.clone();
     let stored = suite
         .capture()
@@ -327,6 +331,7 @@ async fn a_lead_with_a_bad_email_and_phone_is_rejected_naming_both_and_nothing_i
                 phone: "12".into(),
                 ..canary_lead()
             }),
+            ..CaptureLeadRequest::default()
         })
         .await
         .expect_err("bad lead must be rejected");
@@ -343,7 +348,10 @@ async fn a_lead_with_a_bad_email_and_phone_is_rejected_naming_both_and_nothing_i
     let missing = suite
         .capture()
         .await?
-        .capture_lead(CaptureLeadRequest { lead: None })
+        .capture_lead(CaptureLeadRequest {
+            lead: None,
+            ..CaptureLeadRequest::default()
+        })
         .await
         .expect_err("missing lead must be rejected");
     assert_eq!(missing.code(), Code::InvalidArgument);
@@ -352,16 +360,61 @@ async fn a_lead_with_a_bad_email_and_phone_is_rejected_naming_both_and_nothing_i
     let (leads,): (i64,) = sqlx::query_as("SELECT count(*) FROM capture.leads")
         .fetch_one(&mut db)
         .await?;
-    let (events,): (i64,) = sqlx::query_as("SELECT count(*) FROM capture.outbox")
-        .fetch_one(&mut db)
+    assert_eq!(leads, 0, "nothing half-stored");
+    let events: Vec<(String, Vec<u8>)> =
+        sqlx::query_as("SELECT event_type, envelope FROM capture.outbox ORDER BY id")
+            .fetch_all(&mut db)
+            .await?;
+    let types: Vec<&str> = events
+        .iter()
+        .map(|(event_type, _)| event_type.as_str())
+        .collect();
+    assert_eq!(
+        types,
+        ["lead.rejected", "lead.rejected"],
+        "only the rejections are recorded"
+    );
+    let envelope =
+        <leadflow_proto::events::v1::Envelope as prost::Message>::decode(events[0].1.as_slice())?;
+    let rejected = <leadflow_proto::events::v1::LeadRejected as prost::Message>::decode(
+        envelope.payload.as_slice(),
+    )?;
+    let reasons: Vec<(&str, &str)> = rejected
+        .reasons
+        .iter()
+        .map(|reason| (reason.field.as_str(), reason.code.as_str()))
+        .collect();
+    assert_eq!(
+        reasons,
+        [
+            ("lead.email", "invalid_email"),
+            ("lead.phone", "invalid_phone")
+        ]
+    );
+    assert_eq!(rejected.source, "website");
+    let redis = suite.env.redis().await?;
+    let on_stream: redis::streams::StreamRangeReply =
+        eventually("rejections published", WAIT, || {
+            let mut redis = redis.clone();
+            let stream = suite.env.stream("leadflow.capture.v1");
+            async move {
+                let reply: redis::streams::StreamRangeReply = redis::cmd("XRANGE")
+                    .arg(stream)
+                    .arg("-")
+                    .arg("+")
+                    .query_async(&mut redis)
+                    .await?;
+                Ok(Some(reply).filter(|reply| reply.ids.len() == 2))
+            }
+        })
         .await?;
-    assert_eq!((leads, events), (0, 0));
-    let mut redis = suite.env.redis().await?;
-    let entries: i64 = redis::cmd("XLEN")
-        .arg(suite.env.stream("leadflow.capture.v1"))
-        .query_async(&mut redis)
-        .await?;
-    assert_eq!(entries, 0, "no event may be emitted for a rejected lead");
+    for entry in &on_stream.ids {
+        assert_eq!(
+            entry.get::<String>("type").as_deref(),
+            Some("lead.rejected"),
+            "no lead.captured for a rejected lead"
+        );
+    }
     Ok(())
 }
 
@@ -373,6 +426,7 @@ async fn a_redelivered_event_changes_analytics_counts_once() -> anyhow::Result<(
     capture
         .capture_lead(CaptureLeadRequest {
             lead: Some(canary_lead()),
+            ..CaptureLeadRequest::default()
         })
         .await?;
     let stream = suite.env.stream("leadflow.capture.v1");
@@ -415,9 +469,11 @@ async fn a_redelivered_event_changes_analytics_counts_once() -> anyhow::Result<(
         .capture_lead(CaptureLeadRequest {
             lead: Some(LeadInput {
                 email: "second@example.org".into(),
+                phone: String::new(),
                 channel: "web".into(),
                 ..canary_lead()
             }),
+            ..CaptureLeadRequest::default()
         })
         .await?;
     let funnel = eventually("second lead counted", WAIT, || {
@@ -465,12 +521,16 @@ async fn sigterm_drains_and_exits_cleanly_with_the_outbox_flushed() -> anyhow::R
             .capture_lead(CaptureLeadRequest {
                 lead: Some(LeadInput {
                     email: format!("person{index}@example.org"),
+                    phone: String::new(),
                     ..canary_lead()
                 }),
+                ..CaptureLeadRequest::default()
             })
             .await?;
     }
-    let Suite { env, mut services } = suite;
+    let Suite {
+        env, mut services, ..
+    } = suite;
     let running = services.remove(&Service::Capture).expect("capture running");
     let status = running.terminate(Duration::from_secs(15)).await?;
     assert!(status.success(), "capture exited with {status}");

@@ -193,16 +193,19 @@ fn futures_once<T: Send + 'static>(
 async fn an_oversized_request_is_refused_without_harm() -> anyhow::Result<()> {
     let env = TestEnv::create().await?;
     let capture = Running::start(Service::Capture, &env.service_env(Service::Capture)).await?;
-    let mut client = CaptureServiceClient::new(capture.channel().await?);
+    let admin_key = env.create_api_key("e2e-admin", &["admin"]).await?;
+    let mut client =
+        CaptureServiceClient::new(leadflow_e2e::authed(capture.channel().await?, &admin_key)?);
     let status = client
         .capture_lead(CaptureLeadRequest {
             lead: Some(LeadInput {
                 email: "big@example.org".into(),
                 first_name: "x".repeat(1024 * 1024),
-                source: "web".into(),
+                source: "website".into(),
                 channel: "web".into(),
                 ..LeadInput::default()
             }),
+            ..CaptureLeadRequest::default()
         })
         .await
         .expect_err("an oversized request is refused");

@@ -1,6 +1,10 @@
 //! capture's configuration, read from `CAPTURE_*` variables.
 
+use std::str::FromStr;
+
 use leadflow_platform::config::{CommonConfig, ConfigError};
+use leadflow_platform::pii::Keyring;
+use phonenumber::country::Id as Region;
 use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 
@@ -19,15 +23,26 @@ pub struct Config {
 /// capture's own settings.
 #[derive(Debug, Deserialize)]
 pub struct Settings {
-    /// Region used to read phone numbers written without a country code (ISO 3166-1 alpha-2).
+    /// Region used to read phone numbers written without a country code (ISO 3166-1 alpha-2),
+    /// unless the source sets its own.
     #[serde(default = "default_phone_region")]
     pub default_phone_region: String,
     /// Key of the keyed hashes that stand for email and phone in events (at least 32 bytes).
     pub identity_hash_key: SecretString,
+    /// Key-encryption key wrapping each lead's data key: 32 bytes as 64 hex characters.
+    pub pii_key: SecretString,
+    /// Key of the blind indexes used to find people by email and phone: 64 hex characters.
+    pub blind_index_key: SecretString,
 }
 
 fn default_phone_region() -> String {
     "US".to_owned()
+}
+
+/// Checked settings the service runs with.
+pub struct Checked {
+    pub normalize: NormalizeConfig,
+    pub keyring: Keyring,
 }
 
 impl Config {
@@ -38,25 +53,26 @@ impl Config {
             common: leadflow_platform::config::load(PREFIX)?,
             settings: leadflow_platform::config::load(PREFIX)?,
         };
-        config.domain()?;
+        config.check()?;
+        if config.common.api_key_pepper.is_none() {
+            return Err(ConfigError {
+                variable: format!("{PREFIX}API_KEY_PEPPER"),
+                message: "is required but not set".to_owned(),
+            });
+        }
         Ok(config)
     }
 
-    /// Returns the checked settings of the domain logic.
-    pub fn domain(&self) -> Result<NormalizeConfig, ConfigError> {
-        let default_region = self
-            .settings
-            .default_phone_region
-            .trim()
-            .to_uppercase()
-            .parse()
-            .map_err(|_| ConfigError {
-                variable: format!("{PREFIX}DEFAULT_PHONE_REGION"),
-                message: format!(
-                    "`{}` is not an ISO 3166-1 alpha-2 region",
-                    self.settings.default_phone_region
-                ),
-            })?;
+    /// Returns the checked settings.
+    pub fn check(&self) -> Result<Checked, ConfigError> {
+        let region = self.settings.default_phone_region.trim().to_uppercase();
+        let default_region = Region::from_str(&region).map_err(|_| ConfigError {
+            variable: format!("{PREFIX}DEFAULT_PHONE_REGION"),
+            message: format!(
+                "`{}` is not an ISO 3166-1 alpha-2 region",
+                self.settings.default_phone_region
+            ),
+        })?;
         let key = self
             .settings
             .identity_hash_key
@@ -69,9 +85,25 @@ impl Config {
                 message: "must be at least 32 bytes".to_owned(),
             });
         }
-        Ok(NormalizeConfig {
-            default_region,
-            identity_hash_key: key,
+        let keyring = Keyring::new(&self.settings.pii_key, &self.settings.blind_index_key)
+            .map_err(|err| {
+                let variable =
+                    if Keyring::new(&self.settings.pii_key, &self.settings.pii_key).is_err() {
+                        "PII_KEY"
+                    } else {
+                        "BLIND_INDEX_KEY"
+                    };
+                ConfigError {
+                    variable: format!("{PREFIX}{variable}"),
+                    message: err.to_string(),
+                }
+            })?;
+        Ok(Checked {
+            normalize: NormalizeConfig {
+                default_region,
+                identity_hash_key: key,
+            },
+            keyring,
         })
     }
 }

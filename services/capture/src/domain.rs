@@ -1,3 +1,5 @@
 //! capture's pure domain logic: no I/O, no tonic, no sqlx.
 
+pub mod evidence;
 pub mod lead;
+pub mod source;

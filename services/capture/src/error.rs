@@ -3,15 +3,16 @@
 use leadflow_platform::validation::FieldViolations;
 use tonic::Status;
 
+use crate::store::StoreError;
+
 /// Everything a capture operation can fail with.
 #[derive(Debug, thiserror::Error)]
 pub enum CaptureError {
     /// The request had bad fields; nothing was stored.
     #[error("request rejected")]
     Rejected(FieldViolations),
-    /// No lead has that id.
-    #[error("lead not found")]
-    NotFound,
+    #[error(transparent)]
+    Store(#[from] StoreError),
     /// Something on our side failed; logged once, masked for the caller.
     #[error(transparent)]
     Internal(#[from] anyhow::Error),
@@ -23,14 +24,36 @@ impl From<FieldViolations> for CaptureError {
     }
 }
 
+fn internal(source: &anyhow::Error) -> Status {
+    tracing::error!(error = format!("{source:#}"), "capture failed");
+    Status::internal("internal error")
+}
+
 impl From<CaptureError> for Status {
     fn from(err: CaptureError) -> Self {
         match err {
             CaptureError::Rejected(violations) => violations.into_status("request rejected"),
-            CaptureError::NotFound => Status::not_found("lead not found"),
-            CaptureError::Internal(source) => {
-                tracing::error!(error = format!("{source:#}"), "capture failed");
-                Status::internal("internal error")
+            CaptureError::Store(StoreError::Duplicate(lead_id)) => {
+                Status::already_exists(format!("duplicate of lead {lead_id}"))
+            }
+            CaptureError::Store(StoreError::Suppressed) => Status::failed_precondition(
+                "this person asked to be erased; capture them again only with fresh consent",
+            ),
+            CaptureError::Store(StoreError::IdempotencyMismatch) => {
+                let mut violations = FieldViolations::new();
+                violations.reject(
+                    "idempotency-key",
+                    "IDEMPOTENCY_KEY_REUSED",
+                    "was used before with a different request",
+                );
+                violations.into_status("request rejected")
+            }
+            CaptureError::Store(StoreError::NotFound) => Status::not_found("lead not found"),
+            CaptureError::Store(StoreError::FailedPrecondition(why)) => {
+                Status::failed_precondition(why)
+            }
+            CaptureError::Store(StoreError::Internal(source)) | CaptureError::Internal(source) => {
+                internal(&source)
             }
         }
     }

@@ -1,5 +1,7 @@
-//! capture: takes leads in over gRPC, normalizes and validates them, stores them and emits
-//! `lead.captured` through the transactional outbox.
+//! capture: takes leads in over gRPC, normalizes and validates them against their source,
+//! seals personal data, dedupes and merges, records consent and attribution, and emits
+//! `lead.captured` (and `lead.merged`, `lead.rejected`, `lead.erased`, `lead.returned`)
+//! through the transactional outbox.
 
 pub mod config;
 pub mod domain;
@@ -28,16 +30,26 @@ pub static SPEC: ServiceSpec = ServiceSpec {
     migrator: &MIGRATOR,
 };
 
-/// Connects, migrates when configured, binds the listener and wires the outbox.
+/// Connects, migrates when configured, binds the listener and wires the outbox and auth.
 pub async fn build(config: Config) -> anyhow::Result<Application> {
-    let normalize = Arc::new(config.domain()?);
+    let checked = config.check()?;
+    let identity_key = checked.normalize.identity_hash_key.clone();
+    let key_env = config.common.api_key_env.clone();
     let mut host = ServiceHost::start(&SPEC, config.common).await?;
+    let auth = leadflow_platform::host::authenticator(&SPEC, host.config(), host.pool().clone())?;
     let outbox = host.outbox(CAPTURE_STREAM);
-    let store = store::LeadStore::new(host.pool().clone(), outbox);
-    let api = grpc::CaptureApi::new(normalize, store);
+    let leads = store::LeadStore::new(host.pool().clone(), outbox, checked.keyring, identity_key);
+    let sources = store::SourceStore::new(host.pool().clone());
+    let api = grpc::CaptureApi::new(
+        Arc::new(checked.normalize),
+        leads,
+        sources,
+        auth.clone(),
+        key_env,
+    );
     let mut routes = tonic::service::RoutesBuilder::default();
     routes.add_service(
         CaptureServiceServer::new(api).max_decoding_message_size(host.config().max_request_bytes),
     );
-    Ok(Application::new(host, routes))
+    Ok(Application::new(host, routes).with_auth(auth))
 }

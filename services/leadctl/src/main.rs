@@ -3,15 +3,23 @@
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 use comfy_table::Table;
+use leadflow_platform::grpc::Outgoing;
 use leadflow_proto::analytics::v1::GetFunnelRequest;
 use leadflow_proto::analytics::v1::analytics_service_client::AnalyticsServiceClient;
 use leadflow_proto::capture::v1::capture_service_client::CaptureServiceClient;
 use leadflow_proto::capture::v1::{CaptureLeadRequest, LeadInput};
+use leadflow_proto::capture::v1::{
+    ConsentChannel, ConsentInput, CreateApiKeyRequest, CreateSourceRequest, DedupeMode,
+    DedupePolicy, LegalBasis, ListSourcesRequest, SourceKind, SourceSettings,
+};
 use leadflow_proto::events::v1::{InboundKind, LeadStage, MessageChannel};
 use leadflow_proto::messaging::v1::RecordInboundRequest;
 use leadflow_proto::messaging::v1::messaging_service_client::MessagingServiceClient;
 use leadflow_proto::qualification::v1::GetLeadRequest;
 use leadflow_proto::qualification::v1::qualification_service_client::QualificationServiceClient;
+use secrecy::SecretString;
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::{Channel, Endpoint};
 
 #[derive(Debug, Parser)]
 #[command(version, about = "The leadflow command line")]
@@ -56,14 +64,70 @@ struct Endpoints {
         global = true
     )]
     analytics_url: String,
+    /// API key sent as `authorization: Bearer <key>`
+    #[arg(long, env = "LEADCTL_API_KEY", hide_env_values = true, global = true)]
+    api_key: Option<String>,
+}
+
+impl Endpoints {
+    async fn channel(&self, url: &str) -> anyhow::Result<InterceptedService<Channel, Outgoing>> {
+        let channel = Endpoint::from_shared(url.to_owned())?
+            .connect()
+            .await
+            .with_context(|| format!("connect to {url}"))?;
+        let outgoing = match &self.api_key {
+            Some(key) => Outgoing::with_api_key(&SecretString::from(key.clone()))?,
+            None => Outgoing::default(),
+        };
+        Ok(InterceptedService::new(channel, outgoing))
+    }
+
+    async fn capture(
+        &self,
+    ) -> anyhow::Result<CaptureServiceClient<InterceptedService<Channel, Outgoing>>> {
+        Ok(CaptureServiceClient::new(
+            self.channel(&self.capture_url).await?,
+        ))
+    }
 }
 
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Capture one lead and print its id.
     Capture(CaptureArgs),
-    /// Capture a handful of demo leads across channels.
+    /// Register the `demo` source (if missing) and capture a handful of demo leads.
     Demo,
+    /// Register a source.
+    SourceCreate {
+        /// Source id, a token such as `web-contact`
+        source_id: String,
+        #[arg(long)]
+        name: String,
+        /// form, vendor, partner or import
+        #[arg(long, default_value = "form")]
+        kind: String,
+        /// merge, or reject (vendor dedupe within --window-seconds)
+        #[arg(long, default_value = "merge")]
+        dedupe: String,
+        #[arg(long, default_value_t = 0)]
+        window_seconds: i64,
+        #[arg(long, default_value_t = 0)]
+        cost_micros: i64,
+        #[arg(long, default_value = "USD")]
+        currency: String,
+        #[arg(long, default_value_t = 0)]
+        return_days: i32,
+    },
+    /// List the registered sources.
+    Sources,
+    /// Create an API key and print it once.
+    KeyCreate {
+        #[arg(long)]
+        name: String,
+        /// leads:write, leads:read, pii:read or admin (repeatable)
+        #[arg(long = "scope", required = true)]
+        scopes: Vec<String>,
+    },
     /// Show a lead's stage, score and history.
     Show {
         /// The lead's id
@@ -122,7 +186,7 @@ impl From<CaptureArgs> for LeadInput {
             source: args.source,
             channel: args.channel,
             campaign: args.campaign,
-            phone_region: String::new(),
+            ..LeadInput::default()
         }
     }
 }
@@ -136,11 +200,118 @@ async fn main() -> anyhow::Result<()> {
             println!("{lead_id}");
         }
         Command::Demo => demo(&cli.endpoints).await?,
+        Command::SourceCreate {
+            source_id,
+            name,
+            kind,
+            dedupe,
+            window_seconds,
+            cost_micros,
+            currency,
+            return_days,
+        } => {
+            let kind = SourceKind::from_str_name(&format!("SOURCE_KIND_{}", kind.to_uppercase()))
+                .context("kind must be form, vendor, partner or import")?;
+            let mode = DedupeMode::from_str_name(&format!("DEDUPE_MODE_{}", dedupe.to_uppercase()))
+                .context("dedupe must be merge or reject")?;
+            let settings = SourceSettings {
+                name,
+                kind: kind.into(),
+                dedupe: Some(DedupePolicy {
+                    mode: mode.into(),
+                    window_seconds,
+                }),
+                cost_per_lead_micros: cost_micros,
+                currency,
+                return_window_days: return_days,
+                ..SourceSettings::default()
+            };
+            let created = cli
+                .endpoints
+                .capture()
+                .await?
+                .create_source(CreateSourceRequest {
+                    source_id,
+                    settings: Some(settings),
+                })
+                .await
+                .map_err(describe)?;
+            println!(
+                "{}",
+                created
+                    .into_inner()
+                    .source
+                    .map(|source| source.source_id)
+                    .unwrap_or_default()
+            );
+        }
+        Command::Sources => {
+            let sources = cli
+                .endpoints
+                .capture()
+                .await?
+                .list_sources(ListSourcesRequest {})
+                .await
+                .map_err(describe)?;
+            let mut table = Table::new();
+            table.set_header([
+                "source",
+                "name",
+                "kind",
+                "dedupe",
+                "cost/lead",
+                "return days",
+            ]);
+            for source in sources.into_inner().sources {
+                let settings = source.settings.unwrap_or_default();
+                let dedupe = settings.dedupe.unwrap_or_default();
+                table.add_row([
+                    source.source_id,
+                    settings.name.clone(),
+                    settings
+                        .kind()
+                        .as_str_name()
+                        .trim_start_matches("SOURCE_KIND_")
+                        .to_lowercase(),
+                    dedupe
+                        .mode()
+                        .as_str_name()
+                        .trim_start_matches("DEDUPE_MODE_")
+                        .to_lowercase(),
+                    format!(
+                        "{:.2} {}",
+                        settings.cost_per_lead_micros as f64 / 1e6,
+                        settings.currency
+                    ),
+                    settings.return_window_days.to_string(),
+                ]);
+            }
+            println!("{table}");
+        }
+        Command::KeyCreate { name, scopes } => {
+            let created = cli
+                .endpoints
+                .capture()
+                .await?
+                .create_api_key(CreateApiKeyRequest {
+                    name,
+                    scopes,
+                    expires_at: None,
+                })
+                .await
+                .map_err(describe)?
+                .into_inner();
+            eprintln!(
+                "key {} created; it is shown once:",
+                created.key.map(|key| key.key_id).unwrap_or_default()
+            );
+            println!("{}", created.secret);
+        }
         Command::Show { lead_id } => show(&cli.endpoints, lead_id).await?,
         Command::Reply { lead_id, text } => {
-            let mut client = MessagingServiceClient::connect(cli.endpoints.messaging_url.clone())
-                .await
-                .context("connect to messaging")?;
+            let mut client = MessagingServiceClient::new(
+                cli.endpoints.channel(&cli.endpoints.messaging_url).await?,
+            );
             let response = client
                 .record_inbound(RecordInboundRequest {
                     lead_id,
@@ -174,11 +345,19 @@ fn describe(status: tonic::Status) -> anyhow::Error {
 }
 
 async fn capture(endpoints: &Endpoints, lead: LeadInput) -> anyhow::Result<String> {
-    let mut client = CaptureServiceClient::connect(endpoints.capture_url.clone())
-        .await
-        .context("connect to capture")?;
+    let mut client = endpoints.capture().await?;
+    let consent = ConsentInput {
+        channels: vec![ConsentChannel::Email.into()],
+        disclosure_text: "I agree that leadflow may email me about my enquiry.".into(),
+        legal_basis: LegalBasis::Consent.into(),
+        ..ConsentInput::default()
+    };
     let response = client
-        .capture_lead(CaptureLeadRequest { lead: Some(lead) })
+        .capture_lead(CaptureLeadRequest {
+            lead: Some(lead),
+            attribution: None,
+            consent: Some(consent),
+        })
         .await
         .map_err(describe)?;
     Ok(response
@@ -236,6 +415,23 @@ async fn demo(endpoints: &Endpoints) -> anyhow::Result<()> {
             "webinar-q4",
         ),
     ];
+    let demo_source = CreateSourceRequest {
+        source_id: "demo".into(),
+        settings: Some(SourceSettings {
+            name: "Demo web form".into(),
+            kind: SourceKind::Form.into(),
+            dedupe: Some(DedupePolicy {
+                mode: DedupeMode::Merge.into(),
+                window_seconds: 0,
+            }),
+            ..SourceSettings::default()
+        }),
+    };
+    match endpoints.capture().await?.create_source(demo_source).await {
+        Ok(_) => eprintln!("registered source `demo`"),
+        Err(status) if status.code() == tonic::Code::AlreadyExists => {}
+        Err(status) => return Err(describe(status)),
+    }
     let mut table = Table::new();
     table.set_header(["lead id", "channel", "campaign"]);
     for (email, phone, first_name, last_name, company, channel, campaign) in people {
@@ -248,7 +444,7 @@ async fn demo(endpoints: &Endpoints) -> anyhow::Result<()> {
             source: "demo".into(),
             channel: channel.into(),
             campaign: campaign.into(),
-            phone_region: String::new(),
+            ..LeadInput::default()
         };
         let lead_id = capture(endpoints, lead).await?;
         table.add_row([lead_id, channel.to_owned(), campaign.to_owned()]);
@@ -269,9 +465,8 @@ fn stage_name(stage: i32) -> String {
 }
 
 async fn show(endpoints: &Endpoints, lead_id: String) -> anyhow::Result<()> {
-    let mut client = QualificationServiceClient::connect(endpoints.qualification_url.clone())
-        .await
-        .context("connect to qualification")?;
+    let mut client =
+        QualificationServiceClient::new(endpoints.channel(&endpoints.qualification_url).await?);
     let lead = client
         .get_lead(GetLeadRequest { lead_id })
         .await
@@ -309,9 +504,8 @@ async fn show(endpoints: &Endpoints, lead_id: String) -> anyhow::Result<()> {
 }
 
 async fn funnel(endpoints: &Endpoints, channel: String) -> anyhow::Result<()> {
-    let mut client = AnalyticsServiceClient::connect(endpoints.analytics_url.clone())
-        .await
-        .context("connect to analytics")?;
+    let mut client =
+        AnalyticsServiceClient::new(endpoints.channel(&endpoints.analytics_url).await?);
     let funnel = client
         .get_funnel(GetFunnelRequest { channel })
         .await

@@ -1,7 +1,7 @@
 //! The capture client messaging uses to read a lead's contact details at send time, so that
 //! personal data never travels on the streams.
 
-use leadflow_platform::grpc::PropagateTrace;
+use leadflow_platform::grpc::Outgoing;
 use leadflow_proto::capture::v1::GetLeadRequest;
 use leadflow_proto::capture::v1::capture_service_client::CaptureServiceClient;
 use tonic::Code;
@@ -30,15 +30,19 @@ pub enum LookupError {
 /// Reads leads from capture.
 #[derive(Clone)]
 pub struct CaptureClient {
-    client: CaptureServiceClient<InterceptedService<Channel, PropagateTrace>>,
+    client: CaptureServiceClient<InterceptedService<Channel, Outgoing>>,
 }
 
 impl CaptureClient {
-    /// Returns a client of capture at `url`; it connects on first use.
-    pub fn new(url: &str) -> anyhow::Result<Self> {
+    /// Returns a client of capture at `url` calling with `api_key` (scopes `leads:read` and
+    /// `pii:read`); it connects on first use.
+    pub fn new(url: &str, api_key: &secrecy::SecretString) -> anyhow::Result<Self> {
         let channel = leadflow_platform::grpc::lazy_channel(url)?;
         Ok(Self {
-            client: CaptureServiceClient::with_interceptor(channel, PropagateTrace),
+            client: CaptureServiceClient::with_interceptor(
+                channel,
+                Outgoing::with_api_key(api_key)?,
+            ),
         })
     }
 

@@ -24,6 +24,8 @@ pub struct Settings {
     /// URL of the capture service, asked for a lead's contact details at send time.
     #[serde(default = "default_capture_url")]
     pub capture_url: String,
+    /// API key messaging calls capture with (scopes `leads:read`, `pii:read`).
+    pub capture_api_key: secrecy::SecretString,
     /// Sender of emails.
     #[serde(default = "default_from_address")]
     pub from_address: String,

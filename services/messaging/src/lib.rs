@@ -34,7 +34,10 @@ pub static SPEC: ServiceSpec = ServiceSpec {
 pub async fn build(config: Config) -> anyhow::Result<Application> {
     let templates = Arc::new(domain::template::Templates::built_in()?);
     let provider = Arc::new(provider::SinkProvider::new(config.settings.sink_dir.clone()).await?);
-    let capture_client = capture::CaptureClient::new(&config.settings.capture_url)?;
+    let capture_client = capture::CaptureClient::new(
+        &config.settings.capture_url,
+        &config.settings.capture_api_key,
+    )?;
     let mut host = ServiceHost::start(&SPEC, config.common).await?;
     let outbox = host.outbox(MESSAGING_STREAM);
     let handler = events::MessagingHandler::new(

@@ -4,18 +4,17 @@ use std::str::FromStr;
 use std::sync::LazyLock;
 
 use email_address::EmailAddress;
-use hmac::{Hmac, Mac};
 use leadflow_platform::validation::FieldViolations;
 use leadflow_proto::capture::v1::LeadInput;
 use phonenumber::Mode;
 use phonenumber::country::Id as Region;
-use sha2::Sha256;
 
 const MAX_NAME_CHARS: usize = 200;
 const MAX_TOKEN_CHARS: usize = 64;
 const MAX_CAMPAIGN_CHARS: usize = 128;
 const MAX_EMAIL_CHARS: usize = 254;
 const MAX_PHONE_CHARS: usize = 32;
+const MAX_URL_CHARS: usize = 2048;
 
 static FREE_EMAIL_DOMAINS: LazyLock<std::collections::HashSet<&'static str>> =
     LazyLock::new(|| {
@@ -26,13 +25,32 @@ static FREE_EMAIL_DOMAINS: LazyLock<std::collections::HashSet<&'static str>> =
             .collect()
     });
 
-/// Settings of normalization.
+/// Settings of normalization that do not depend on the source.
 #[derive(Debug, Clone)]
 pub struct NormalizeConfig {
-    /// Region for phone numbers written without a country code.
+    /// Region for phone numbers written without a country code, unless the source sets one.
     pub default_region: Region,
     /// Key of the identity hashes carried by events instead of email and phone.
     pub identity_hash_key: Vec<u8>,
+}
+
+/// Kind of an email address's domain.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EmailKind {
+    Business,
+    Free,
+    Disposable,
+}
+
+impl EmailKind {
+    /// Returns the name stored in the database.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EmailKind::Business => "business",
+            EmailKind::Free => "free",
+            EmailKind::Disposable => "disposable",
+        }
+    }
 }
 
 /// A validated, normalized email address.
@@ -40,8 +58,9 @@ pub struct NormalizeConfig {
 pub struct Email {
     /// Lower-cased address.
     pub address: String,
-    /// Whether the domain belongs to a free mailbox provider.
-    pub free: bool,
+    pub kind: EmailKind,
+    /// The local part names a role (`info@`, `sales@`), not a person.
+    pub role: bool,
 }
 
 /// A validated phone number.
@@ -51,6 +70,15 @@ pub struct Phone {
     pub e164: String,
     /// ISO 3166-1 alpha-2 region of the number, when known.
     pub region: Option<String>,
+    /// Line type (`mobile`, `fixed_line`, `fixed_line_or_mobile`, …), when known.
+    pub line_type: Option<&'static str>,
+}
+
+impl Phone {
+    /// Returns whether the number can receive text messages as far as we can tell.
+    pub fn is_mobile(&self) -> bool {
+        matches!(self.line_type, Some("mobile" | "fixed_line_or_mobile"))
+    }
 }
 
 /// A lead ready to store: every field normalized and valid.
@@ -61,76 +89,190 @@ pub struct NewLead {
     pub first_name: String,
     pub last_name: String,
     pub company: String,
+    /// ISO 3166-1 alpha-2, upper case; empty when unknown.
+    pub country: String,
+    /// Normalized `http(s)` URL; empty when none.
+    pub website: String,
+    pub job_title: String,
     pub source: String,
     pub channel: String,
     pub campaign: String,
 }
 
 impl NewLead {
-    /// Parses `input`; every bad field is reported under `prefix` (e.g. `lead.email`).
+    /// Parses `input`, reading national phone numbers in `default_region` unless the input
+    /// names one; every bad field is reported under `prefix` (e.g. `lead.email`).
     pub fn parse(
         input: &LeadInput,
-        config: &NormalizeConfig,
+        default_region: Region,
         prefix: &str,
     ) -> Result<Self, FieldViolations> {
         let mut violations = FieldViolations::new();
         let field = |name: &str| format!("{prefix}.{name}");
 
         let email = parse_email(&input.email).unwrap_or_else(|reason| {
-            violations.add(field("email"), reason);
+            violations.reject(field("email"), "INVALID_EMAIL", reason);
             None
         });
         let region = match input.phone_region.trim() {
-            "" => Some(config.default_region),
-            given => match Region::from_str(&given.to_uppercase()) {
-                Ok(region) => Some(region),
-                Err(_) => {
-                    violations.add(
-                        field("phone_region"),
-                        "must be an ISO 3166-1 alpha-2 region",
-                    );
-                    None
-                }
-            },
+            "" => Some(default_region),
+            given => parse_region(given).or_else(|| {
+                violations.reject(
+                    field("phone_region"),
+                    "INVALID_REGION",
+                    "must be an ISO 3166-1 alpha-2 region",
+                );
+                None
+            }),
         };
         let phone = match region {
             Some(region) => parse_phone(&input.phone, region).unwrap_or_else(|reason| {
-                violations.add(field("phone"), reason);
+                violations.reject(field("phone"), "INVALID_PHONE", reason);
                 None
             }),
             None => None,
         };
         if input.email.trim().is_empty() && input.phone.trim().is_empty() {
-            violations.add(field("email"), "an email or a phone is required");
+            violations.reject(
+                field("email"),
+                "REQUIRED",
+                "an email or a phone is required",
+            );
         }
-        let first_name = parse_name(&mut violations, &field("first_name"), &input.first_name);
-        let last_name = parse_name(&mut violations, &field("last_name"), &input.last_name);
-        let company = parse_name(&mut violations, &field("company"), &input.company);
+        let first_name = parse_text(
+            &mut violations,
+            &field("first_name"),
+            &input.first_name,
+            MAX_NAME_CHARS,
+        );
+        let last_name = parse_text(
+            &mut violations,
+            &field("last_name"),
+            &input.last_name,
+            MAX_NAME_CHARS,
+        );
+        let company = parse_text(
+            &mut violations,
+            &field("company"),
+            &input.company,
+            MAX_NAME_CHARS,
+        );
+        let job_title = parse_text(
+            &mut violations,
+            &field("job_title"),
+            &input.job_title,
+            MAX_NAME_CHARS,
+        );
+        let country = match input.country.trim() {
+            "" => String::new(),
+            given => parse_region(given)
+                .map(|region| region.as_ref().to_owned())
+                .unwrap_or_else(|| {
+                    violations.reject(
+                        field("country"),
+                        "INVALID_COUNTRY",
+                        "must be an ISO 3166-1 alpha-2 country",
+                    );
+                    String::new()
+                }),
+        };
+        let website = parse_url(&input.website).unwrap_or_else(|reason| {
+            violations.reject(field("website"), "INVALID_URL", reason);
+            String::new()
+        });
         let source = parse_token(&mut violations, &field("source"), &input.source, true);
         let channel = parse_token(&mut violations, &field("channel"), &input.channel, true);
-        let campaign = input.campaign.trim().to_owned();
-        if campaign.chars().count() > MAX_CAMPAIGN_CHARS {
-            violations.add(
-                field("campaign"),
-                format!("must be at most {MAX_CAMPAIGN_CHARS} characters"),
-            );
-        } else if campaign.chars().any(char::is_control) {
-            violations.add(field("campaign"), "must not contain control characters");
-        }
+        let campaign = parse_text(
+            &mut violations,
+            &field("campaign"),
+            &input.campaign,
+            MAX_CAMPAIGN_CHARS,
+        );
         violations.into_result(NewLead {
             email,
             phone,
             first_name,
             last_name,
             company,
+            country,
+            website,
+            job_title,
             source,
             channel,
             campaign,
         })
     }
+
+    /// Returns the country of the person: the given one, else the phone's region.
+    pub fn effective_country(&self) -> Option<&str> {
+        if !self.country.is_empty() {
+            return Some(&self.country);
+        }
+        self.phone
+            .as_ref()
+            .and_then(|phone| phone.region.as_deref())
+    }
+
+    /// Returns how complete and valid the contact details are, 0–100.
+    pub fn quality_score(&self) -> i32 {
+        let email = match &self.email {
+            None => 0,
+            Some(email) if email.kind == EmailKind::Disposable => 5,
+            Some(email) if email.role => 20,
+            Some(_) => 30,
+        };
+        let phone = match &self.phone {
+            None => 0,
+            Some(phone) if phone.is_mobile() => 30,
+            Some(_) => 25,
+        };
+        let filled = |text: &str, points: i32| if text.is_empty() { 0 } else { points };
+        email
+            + phone
+            + filled(&self.first_name, 10)
+            + filled(&self.last_name, 10)
+            + filled(&self.company, 8)
+            + filled(&self.country, 4)
+            + filled(&self.job_title, 4)
+            + filled(&self.website, 4)
+    }
 }
 
-/// Parses an optional email address: trimmed, lower-cased, RFC 5321/5322 syntax, a dotted domain.
+const ROLE_LOCAL_PARTS: [&str; 22] = [
+    "admin",
+    "billing",
+    "careers",
+    "contact",
+    "enquiries",
+    "hello",
+    "help",
+    "hr",
+    "info",
+    "inquiries",
+    "jobs",
+    "marketing",
+    "no-reply",
+    "noreply",
+    "office",
+    "postmaster",
+    "sales",
+    "service",
+    "support",
+    "team",
+    "webmaster",
+    "abuse",
+];
+
+fn parse_region(given: &str) -> Option<Region> {
+    let upper = given.trim().to_uppercase();
+    if upper.len() != 2 {
+        return None;
+    }
+    Region::from_str(&upper).ok()
+}
+
+/// Parses an optional email address: trimmed, lower-cased, RFC 5321/5322 syntax, a dotted
+/// domain; flags free, disposable and role addresses.
 pub fn parse_email(raw: &str) -> Result<Option<Email>, &'static str> {
     let trimmed = raw.trim();
     if trimmed.is_empty() {
@@ -146,10 +288,21 @@ pub fn parse_email(raw: &str) -> Result<Option<Email>, &'static str> {
     if !domain.contains('.') || domain.starts_with('[') || domain.ends_with('.') {
         return Err("is not a valid email address");
     }
-    let free = FREE_EMAIL_DOMAINS.contains(domain);
+    let address = parsed.email();
+    let kind = if FREE_EMAIL_DOMAINS.contains(domain) {
+        EmailKind::Free
+    } else if !mailchecker::is_valid(&address) {
+        // Syntax is already checked, so mailchecker only objects to throwaway domains.
+        EmailKind::Disposable
+    } else {
+        EmailKind::Business
+    };
+    let local = parsed.local_part();
+    let role = ROLE_LOCAL_PARTS.contains(&local);
     Ok(Some(Email {
-        address: parsed.email(),
-        free,
+        address,
+        kind,
+        role,
     }))
 }
 
@@ -166,30 +319,81 @@ pub fn parse_phone(raw: &str, region: Region) -> Result<Option<Phone>, &'static 
     if !number.is_valid() {
         return Err("is not a valid phone number");
     }
+    let line_type = match number.number_type(&phonenumber::metadata::DATABASE) {
+        phonenumber::Type::Mobile => Some("mobile"),
+        phonenumber::Type::FixedLine => Some("fixed_line"),
+        phonenumber::Type::FixedLineOrMobile => Some("fixed_line_or_mobile"),
+        phonenumber::Type::TollFree => Some("toll_free"),
+        phonenumber::Type::Voip => Some("voip"),
+        phonenumber::Type::PremiumRate => Some("premium_rate"),
+        phonenumber::Type::SharedCost => Some("shared_cost"),
+        phonenumber::Type::PersonalNumber => Some("personal_number"),
+        phonenumber::Type::Pager => Some("pager"),
+        _ => None,
+    };
     Ok(Some(Phone {
         e164: number.format().mode(Mode::E164).to_string(),
         region: number.country().id().map(|id| id.as_ref().to_owned()),
+        line_type,
     }))
 }
 
-fn parse_name(violations: &mut FieldViolations, field: &str, raw: &str) -> String {
+/// Parses an optional website: `http(s)` with a dotted host; a bare host gets `https://`.
+pub fn parse_url(raw: &str) -> Result<String, &'static str> {
     let trimmed = raw.trim();
-    if trimmed.chars().count() > MAX_NAME_CHARS {
-        violations.add(
+    if trimmed.is_empty() {
+        return Ok(String::new());
+    }
+    if trimmed.chars().count() > MAX_URL_CHARS {
+        return Err("must be at most 2048 characters");
+    }
+    let with_scheme = if trimmed.contains("://") {
+        trimmed.to_owned()
+    } else {
+        format!("https://{trimmed}")
+    };
+    let parsed = url::Url::parse(&with_scheme).map_err(|_| "is not a URL")?;
+    let host_ok = parsed.host_str().is_some_and(|host| host.contains('.'));
+    if !matches!(parsed.scheme(), "http" | "https") || !host_ok {
+        return Err("must be an http(s) URL with a domain");
+    }
+    Ok(parsed.to_string())
+}
+
+fn parse_text(
+    violations: &mut FieldViolations,
+    field: &str,
+    raw: &str,
+    max_chars: usize,
+) -> String {
+    let trimmed = raw.trim();
+    if trimmed.chars().count() > max_chars {
+        violations.reject(
             field,
-            format!("must be at most {MAX_NAME_CHARS} characters"),
+            "TOO_LONG",
+            format!("must be at most {max_chars} characters"),
         );
     } else if trimmed.chars().any(char::is_control) {
-        violations.add(field, "must not contain control characters");
+        violations.reject(
+            field,
+            "CONTROL_CHARACTERS",
+            "must not contain control characters",
+        );
     }
     trimmed.to_owned()
 }
 
-fn parse_token(violations: &mut FieldViolations, field: &str, raw: &str, required: bool) -> String {
+/// Parses a token field (`source`, `channel`): lower-cased `a-z0-9_-.`, 1–64 characters.
+pub fn parse_token(
+    violations: &mut FieldViolations,
+    field: &str,
+    raw: &str,
+    required: bool,
+) -> String {
     let token = raw.trim().to_lowercase();
     if token.is_empty() {
         if required {
-            violations.add(field, "is required");
+            violations.reject(field, "REQUIRED", "is required");
         }
         return token;
     }
@@ -198,20 +402,18 @@ fn parse_token(violations: &mut FieldViolations, field: &str, raw: &str, require
             .chars()
             .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '_' | '-' | '.'));
     if !well_formed {
-        violations.add(field, "must be 1–64 of a-z, 0-9, `_`, `-`, `.`");
+        violations.reject(
+            field,
+            "INVALID_TOKEN",
+            "must be 1–64 of a-z, 0-9, `_`, `-`, `.`",
+        );
     }
     token
 }
 
 /// Returns the keyed hash (HMAC-SHA-256, hex) that stands for `value` outside capture.
 pub fn identity_hash(key: &[u8], kind: &str, value: &str) -> String {
-    // HMAC accepts keys of any length; `new_from_slice` cannot fail for it.
-    let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(key)
-        .unwrap_or_else(|_| unreachable!("hmac takes any key length"));
-    mac.update(kind.as_bytes());
-    mac.update(b"\0");
-    mac.update(value.as_bytes());
-    hex::encode(mac.finalize().into_bytes())
+    hex::encode(leadflow_platform::pii::keyed_hash(key, kind, value))
 }
 
 #[cfg(test)]
@@ -219,12 +421,7 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
-    fn config() -> NormalizeConfig {
-        NormalizeConfig {
-            default_region: Region::US,
-            identity_hash_key: vec![7; 32],
-        }
-    }
+    const US: Region = Region::US;
 
     fn input() -> LeadInput {
         LeadInput {
@@ -236,18 +433,19 @@ mod tests {
             source: "Website-Form".into(),
             channel: "Web".into(),
             campaign: "spring-launch".into(),
-            phone_region: String::new(),
+            ..LeadInput::default()
         }
     }
 
     #[test]
     fn normalizes_email_phone_names_and_tokens() {
-        let lead = NewLead::parse(&input(), &config(), "lead").expect("valid lead");
+        let lead = NewLead::parse(&input(), US, "lead").expect("valid lead");
         assert_eq!(
             lead.email,
             Some(Email {
                 address: "ada.lovelace@example.com".into(),
-                free: false
+                kind: EmailKind::Business,
+                role: false,
             })
         );
         assert_eq!(
@@ -268,7 +466,7 @@ mod tests {
         let mut given = input();
         given.first_name = "Zoë".into();
         given.last_name = "Ōtani-Łukasz".into();
-        let lead = NewLead::parse(&given, &config(), "lead").expect("valid lead");
+        let lead = NewLead::parse(&given, US, "lead").expect("valid lead");
         assert_eq!(
             (lead.first_name.as_str(), lead.last_name.as_str()),
             ("Zoë", "Ōtani-Łukasz")
@@ -277,8 +475,20 @@ mod tests {
 
     #[test]
     fn free_mail_domains_are_flagged() {
-        assert!(parse_email("someone@gmail.com").unwrap().unwrap().free);
-        assert!(!parse_email("someone@acme.io").unwrap().unwrap().free);
+        assert_eq!(
+            parse_email("someone@gmail.com").unwrap().unwrap().kind,
+            EmailKind::Free
+        );
+        assert_eq!(
+            parse_email("someone@acme.io").unwrap().unwrap().kind,
+            EmailKind::Business
+        );
+        assert_eq!(
+            parse_email("someone@mailinator.com").unwrap().unwrap().kind,
+            EmailKind::Disposable
+        );
+        assert!(parse_email("sales@acme.io").unwrap().unwrap().role);
+        assert!(!parse_email("ada@acme.io").unwrap().unwrap().role);
     }
 
     #[test]
@@ -357,7 +567,7 @@ mod tests {
             ),
         ];
         for (field, bad) in bad_inputs {
-            let violations = NewLead::parse(&bad, &config(), "lead").expect_err(field);
+            let violations = NewLead::parse(&bad, US, "lead").expect_err(field);
             let fields: Vec<&str> = violations
                 .violations()
                 .iter()
@@ -370,13 +580,79 @@ mod tests {
             phone: "12".into(),
             ..input()
         };
-        let violations = NewLead::parse(&both, &config(), "lead").expect_err("two bad fields");
+        let violations = NewLead::parse(&both, US, "lead").expect_err("two bad fields");
         let fields: Vec<&str> = violations
             .violations()
             .iter()
             .map(|v| v.field.as_str())
             .collect();
         assert_eq!(fields, ["lead.email", "lead.phone"]);
+    }
+
+    #[test]
+    fn quality_rewards_complete_and_valid_contact_details() {
+        let full = NewLead::parse(
+            &LeadInput {
+                country: "gb".into(),
+                website: "analytical.example".into(),
+                job_title: "CTO".into(),
+                ..input()
+            },
+            US,
+            "lead",
+        )
+        .expect("valid");
+        assert_eq!(full.country, "GB");
+        assert_eq!(full.website, "https://analytical.example/");
+        let sparse = NewLead::parse(
+            &LeadInput {
+                phone: String::new(),
+                first_name: String::new(),
+                company: String::new(),
+                ..input()
+            },
+            US,
+            "lead",
+        )
+        .expect("valid");
+        assert!(full.quality_score() > sparse.quality_score());
+        assert!((0..=100).contains(&full.quality_score()));
+        let disposable = NewLead::parse(
+            &LeadInput {
+                email: "x@mailinator.com".into(),
+                ..input()
+            },
+            US,
+            "lead",
+        )
+        .expect("valid");
+        assert!(
+            disposable.quality_score()
+                < NewLead::parse(&input(), US, "lead")
+                    .expect("valid")
+                    .quality_score()
+        );
+    }
+
+    #[test]
+    fn mobile_numbers_are_recognised() {
+        let mobile = parse_phone("+44 7700 900123", Region::GB).unwrap().unwrap();
+        assert!(mobile.is_mobile(), "{mobile:?}");
+        let landline = parse_phone("+44 20 7946 0018", Region::GB)
+            .unwrap()
+            .unwrap();
+        assert_eq!(landline.line_type, Some("fixed_line"));
+        assert!(!landline.is_mobile());
+    }
+
+    #[test]
+    fn websites_must_be_http_urls_with_a_domain() {
+        assert_eq!(
+            parse_url("https://acme.io/about").unwrap(),
+            "https://acme.io/about"
+        );
+        assert!(parse_url("ftp://acme.io").is_err());
+        assert!(parse_url("localhost").is_err());
     }
 
     #[test]
@@ -392,10 +668,11 @@ mod tests {
         #[test]
         fn parsing_never_panics(email in ".{0,80}", phone in ".{0,40}", name in ".{0,60}", token in ".{0,70}", region in "[A-Za-z]{0,3}") {
             let given = LeadInput {
-                email, phone, first_name: name.clone(), last_name: name.clone(), company: name,
-                source: token.clone(), channel: token.clone(), campaign: token, phone_region: region,
+                email: email.clone(), phone: phone.clone(), first_name: name.clone(), last_name: name.clone(), company: name,
+                source: token.clone(), channel: token.clone(), campaign: token, phone_region: region.clone(),
+                country: region, website: email, job_title: phone,
             };
-            match NewLead::parse(&given, &config(), "lead") {
+            match NewLead::parse(&given, US, "lead") {
                 Ok(lead) => prop_assert!(lead.email.is_some() || lead.phone.is_some()),
                 Err(violations) => prop_assert!(!violations.is_empty()),
             }
