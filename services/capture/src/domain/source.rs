@@ -362,7 +362,7 @@ mod tests {
         )
         .expect("valid settings");
         let violations = policy.check(
-            &lead("x@mailinator.com", "+1 415 555 0132", "US"),
+            &lead("x@mailinator.com", "+44 20 7946 0018", "US"),
             None,
             "lead",
         );
@@ -393,7 +393,7 @@ mod tests {
         .expect("valid settings");
         assert!(
             policy
-                .check(&lead("", "+44 7700 900123", ""), None, "lead")
+                .check(&lead("", "+44 7400 123456", ""), None, "lead")
                 .is_empty()
         );
         assert!(
