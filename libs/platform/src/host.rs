@@ -169,8 +169,14 @@ impl ServiceHost {
         self,
         routes: RoutesBuilder,
         auth: Option<Authenticator>,
+        tasks: Vec<Task>,
         signal: impl Future<Output = ()> + Send,
     ) -> anyhow::Result<()> {
+        let tasks_stop = CancellationToken::new();
+        let side_tasks: Vec<_> = tasks
+            .into_iter()
+            .map(|task| tokio::spawn(task(tasks_stop.clone())))
+            .collect();
         let services = self.spec.grpc_services;
         let grace = self.config.shutdown_grace();
         let health_stop = CancellationToken::new();
@@ -241,6 +247,12 @@ impl ServiceHost {
             Ok(served) => served.context("drain grpc calls")?,
             Err(_) => tracing::warn!("in-flight calls outlived the grace period"),
         }
+        tasks_stop.cancel();
+        for task in side_tasks {
+            if tokio::time::timeout(grace, task).await.is_err() {
+                tracing::warn!("a side task outlived the grace period");
+            }
+        }
         consumers_stop.cancel();
         for task in consumer_tasks {
             if tokio::time::timeout(grace, task).await.is_err() {
@@ -265,6 +277,7 @@ pub struct Application {
     host: ServiceHost,
     routes: RoutesBuilder,
     auth: Option<Authenticator>,
+    tasks: Vec<Task>,
 }
 
 impl Application {
@@ -274,7 +287,19 @@ impl Application {
             host,
             routes,
             auth: None,
+            tasks: Vec::new(),
         }
+    }
+
+    /// Runs `task` beside the gRPC server (e.g. an HTTP endpoint); it gets a token cancelled
+    /// when shutdown starts and is awaited, within the grace period, before consumers stop.
+    pub fn with_task<F, Fut>(mut self, task: F) -> Self
+    where
+        F: FnOnce(CancellationToken) -> Fut + Send + 'static,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
+        self.tasks.push(Box::new(move |stop| Box::pin(task(stop))));
+        self
     }
 
     /// Requires an API key with the scope `RPC_ACCESS` names on every call.
@@ -290,7 +315,9 @@ impl Application {
 
     /// Serves until `signal` completes, then shuts down gracefully.
     pub async fn run_until(self, signal: impl Future<Output = ()> + Send) -> anyhow::Result<()> {
-        self.host.serve(self.routes, self.auth, signal).await
+        self.host
+            .serve(self.routes, self.auth, self.tasks, signal)
+            .await
     }
 }
 

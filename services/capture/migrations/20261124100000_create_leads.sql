@@ -7,6 +7,8 @@
 CREATE TABLE sources (
     source_id  TEXT        PRIMARY KEY,
     settings   BYTEA       NOT NULL,
+    -- Public key of the source's web form (also inside `settings`), for lookups by URL.
+    form_key   TEXT        UNIQUE,
     created_at TIMESTAMPTZ NOT NULL DEFAULT now(),
     updated_at TIMESTAMPTZ NOT NULL DEFAULT now()
 );

@@ -33,6 +33,9 @@ pub struct Settings {
     pub pii_key: SecretString,
     /// Key of the blind indexes used to find people by email and phone: 64 hex characters.
     pub blind_index_key: SecretString,
+    /// Captures per minute allowed per API key on `CaptureLead`; 0 means unlimited.
+    #[serde(default)]
+    pub key_rate_per_minute: u32,
 }
 
 fn default_phone_region() -> String {

@@ -2,6 +2,7 @@
 
 use leadflow_platform::validation::FieldViolations;
 use tonic::Status;
+use tonic_types::StatusExt;
 
 use crate::store::StoreError;
 
@@ -13,6 +14,9 @@ pub enum CaptureError {
     Rejected(FieldViolations),
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// A rate limit is spent; retry after the duration.
+    #[error("rate limited")]
+    RateLimited(std::time::Duration),
     /// Something on our side failed; logged once, masked for the caller.
     #[error(transparent)]
     Internal(#[from] anyhow::Error),
@@ -49,6 +53,11 @@ impl From<CaptureError> for Status {
                 violations.into_status("request rejected")
             }
             CaptureError::Store(StoreError::NotFound) => Status::not_found("lead not found"),
+            CaptureError::RateLimited(wait) => Status::with_error_details(
+                tonic::Code::ResourceExhausted,
+                "rate limit reached; retry later",
+                tonic_types::ErrorDetails::with_retry_info(Some(wait)),
+            ),
             CaptureError::Store(StoreError::FailedPrecondition(why)) => {
                 Status::failed_precondition(why)
             }

@@ -2,116 +2,123 @@
 
 pub mod convert;
 
-use std::sync::Arc;
-
 use leadflow_platform::auth::{Authenticator, Caller, Scope};
 use leadflow_platform::validation::{FieldViolations, require_uuid};
 use leadflow_proto::capture::v1::capture_service_server::CaptureService;
 use leadflow_proto::capture::v1::*;
-use leadflow_proto::events::v1::RejectionReason;
-use prost::Message;
-use sha2::{Digest, Sha256};
-use tonic::{Request, Response, Status};
+use std::pin::Pin;
 
-use crate::domain::evidence::{parse_attribution, parse_consent};
-use crate::domain::lead::{NewLead, NormalizeConfig, parse_token};
+use futures::{Stream, StreamExt};
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::domain::lead::parse_token;
 use crate::domain::source::SourcePolicy;
 use crate::error::CaptureError;
-use crate::store::leads::Idempotency;
-use crate::store::{CaptureRequest, Captured, LeadStore, Outcome, SourceStore, StoreError};
+use crate::service::{Capturer, Origin};
+use crate::store::{LeadStore, SourceStore, StoreError};
 
 /// Metadata key of a request's idempotency key.
 pub const IDEMPOTENCY_KEY: &str = "idempotency-key";
 const MAX_IDEMPOTENCY_KEY_CHARS: usize = 128;
 
+/// Rows of one import captured at once.
+const IMPORT_CONCURRENCY: usize = 8;
+
 /// Serves capture's RPCs.
 #[derive(Clone)]
 pub struct CaptureApi {
-    config: Arc<NormalizeConfig>,
+    capturer: Capturer,
     leads: LeadStore,
     sources: SourceStore,
     auth: Authenticator,
     key_env: String,
+    key_rate_per_minute: u32,
 }
 
 impl CaptureApi {
     /// Returns the API.
     pub fn new(
-        config: Arc<NormalizeConfig>,
-        leads: LeadStore,
-        sources: SourceStore,
+        capturer: Capturer,
         auth: Authenticator,
         key_env: String,
+        key_rate_per_minute: u32,
     ) -> Self {
         Self {
-            config,
-            leads,
-            sources,
+            leads: capturer.leads().clone(),
+            sources: capturer.sources().clone(),
+            capturer,
             auth,
             key_env,
+            key_rate_per_minute,
         }
     }
 
-    /// Parses a capture request against its source; every bad field is reported.
-    async fn parse_capture(
-        &self,
-        request: &CaptureLeadRequest,
-    ) -> Result<(SourcePolicy, CaptureRequest), CaptureError> {
-        let mut violations = FieldViolations::new();
-        let Some(input) = &request.lead else {
-            violations.reject("lead", "REQUIRED", "is required");
-            return Err(violations.into());
-        };
-        let source_id = parse_token(&mut violations, "lead.source", &input.source, true);
-        let source = if violations.is_empty() {
-            self.sources.get(&source_id).await?
-        } else {
-            None
-        };
-        let Some(source) = source else {
-            if violations.is_empty() {
-                violations.reject(
-                    "lead.source",
-                    "UNKNOWN_SOURCE",
-                    "is not a registered source",
-                );
-            }
-            // Still report every other bad field.
-            if let Err(more) = NewLead::parse(input, self.config.default_region, "lead") {
-                violations.extend(more.without("lead.source"));
-            }
-            return Err(violations.into());
-        };
-        let policy = source.policy;
-        let region = policy.default_region.unwrap_or(self.config.default_region);
-        let lead = NewLead::parse(input, region, "lead");
-        let consent = parse_consent(request.consent.as_ref());
-        let attribution = parse_attribution(request.attribution.as_ref());
-        let (lead, consent, attribution) = match (lead, consent, attribution) {
-            (Ok(lead), Ok(consent), Ok(attribution)) => (lead, consent, attribution),
-            (lead, consent, attribution) => {
-                for failed in [lead.err(), consent.err(), attribution.err()]
-                    .into_iter()
-                    .flatten()
-                {
-                    violations.extend(failed);
-                }
-                return Err(violations.into());
-            }
-        };
-        violations.extend(policy.check(&lead, consent.as_ref(), "lead"));
-        if !violations.is_empty() {
-            return Err(violations.into());
-        }
-        Ok((
-            policy,
-            CaptureRequest {
-                lead,
-                attribution,
-                consent,
-            },
-        ))
+    fn origin<T>(&self, request: &Request<T>, scope: Scope) -> Result<Origin, Status> {
+        let caller = caller(request, scope)?;
+        tracing::Span::current().record("key_id", caller.key_id.as_str());
+        Ok(Origin {
+            unmask: caller.has(Scope::PiiRead),
+            caller: caller.key_id,
+            caller_rate_per_minute: self.key_rate_per_minute,
+        })
     }
+}
+
+/// Returns a new public web-form key: `wf_` and 24 random base62 characters.
+fn new_form_key() -> String {
+    use rand::Rng;
+    use rand::distr::Alphanumeric;
+    let random: String = rand::rng()
+        .sample_iter(&Alphanumeric)
+        .take(24)
+        .map(char::from)
+        .collect();
+    format!("wf_{random}")
+}
+
+/// Captures one imported row and says what happened to it; never fails the stream.
+async fn import_row(
+    capturer: &Capturer,
+    origin: &Origin,
+    row: ImportLeadsRequest,
+) -> ImportLeadsResponse {
+    let mut result = ImportLeadsResponse {
+        row: row.row,
+        ..ImportLeadsResponse::default()
+    };
+    let request = row.capture.unwrap_or_default();
+    match capturer.capture(origin, &request, None, false).await {
+        Ok(answer) => {
+            result.outcome = match answer.outcome() {
+                CaptureOutcome::Merged => ImportOutcome::Merged,
+                _ => ImportOutcome::Accepted,
+            }
+            .into();
+            result.lead_id = answer.lead.map(|lead| lead.lead_id).unwrap_or_default();
+        }
+        Err(CaptureError::Rejected(violations)) => {
+            result.outcome = ImportOutcome::Rejected.into();
+            result.violations = violations
+                .violations()
+                .iter()
+                .map(|violation| RowViolation {
+                    field: violation.field.clone(),
+                    reason: violation.reason.clone(),
+                    description: violation.description.clone(),
+                })
+                .collect();
+        }
+        Err(CaptureError::Store(StoreError::Duplicate(lead_id))) => {
+            result.outcome = ImportOutcome::Duplicate.into();
+            result.lead_id = lead_id.to_string();
+        }
+        Err(err) => {
+            let status = Status::from(err);
+            result.outcome = ImportOutcome::Failed.into();
+            result.message = status.message().to_owned();
+        }
+    }
+    result
 }
 
 fn caller<T>(request: &Request<T>, scope: Scope) -> Result<Caller, Status> {
@@ -135,106 +142,97 @@ fn idempotency_key<T>(request: &Request<T>) -> Result<Option<String>, Status> {
     Ok(Some(key))
 }
 
-fn capture_response(captured: &Captured, unmask: bool) -> CaptureLeadResponse {
-    CaptureLeadResponse {
-        lead: Some(convert::lead(captured.lead.clone(), unmask)),
-        outcome: match captured.outcome {
-            Outcome::Created => CaptureOutcome::Created,
-            Outcome::Merged => CaptureOutcome::Merged,
-        }
-        .into(),
-    }
-}
-
-fn decode_replay(bytes: &[u8]) -> Result<Response<CaptureLeadResponse>, Status> {
-    CaptureLeadResponse::decode(bytes)
-        .map(Response::new)
-        .map_err(|err| {
-            CaptureError::Internal(anyhow::anyhow!("decode stored response: {err}")).into()
-        })
-}
-
-fn rejection_reasons(violations: &FieldViolations) -> Vec<RejectionReason> {
-    violations
-        .violations()
-        .iter()
-        .map(|violation| RejectionReason {
-            field: violation.field.clone(),
-            code: violation.reason.to_lowercase(),
-        })
-        .collect()
-}
-
 #[tonic::async_trait]
 impl CaptureService for CaptureApi {
-    #[tracing::instrument(skip_all, fields(lead_id, key_id))]
+    #[tracing::instrument(skip_all, fields(key_id))]
     async fn capture_lead(
         &self,
         request: Request<CaptureLeadRequest>,
     ) -> Result<Response<CaptureLeadResponse>, Status> {
-        let caller = caller(&request, Scope::LeadsWrite)?;
-        tracing::Span::current().record("key_id", caller.key_id.as_str());
-        let unmask = caller.has(Scope::PiiRead);
+        let origin = self.origin(&request, Scope::LeadsWrite)?;
         let key = idempotency_key(&request)?;
-        let request = request.into_inner();
-        let idempotency = key.map(|key| Idempotency {
-            caller: caller.key_id.clone(),
-            key,
-            request_sha256: Sha256::digest(request.encode_to_vec()).to_vec(),
-        });
-        if let Some(idempotency) = &idempotency
-            && let Some(bytes) = self
-                .leads
-                .replay(idempotency)
-                .await
-                .map_err(CaptureError::from)?
-        {
-            return decode_replay(&bytes);
-        }
-        let (source, capture) = match self.parse_capture(&request).await {
-            Ok(parsed) => parsed,
-            Err(CaptureError::Rejected(violations)) => {
-                let input = request.lead.clone().unwrap_or_default();
-                let recorded = self
-                    .leads
-                    .record_rejection(
-                        &input.source.trim().to_lowercase(),
-                        &input.channel.trim().to_lowercase(),
-                        input.campaign.trim(),
-                        rejection_reasons(&violations),
-                    )
-                    .await;
-                if let Err(err) = recorded {
-                    tracing::warn!(error = format!("{err:#}"), "record lead.rejected");
+        let answer = self
+            .capturer
+            .capture(&origin, request.get_ref(), key, true)
+            .await?;
+        Ok(Response::new(answer))
+    }
+
+    type ImportLeadsStream =
+        Pin<Box<dyn Stream<Item = Result<ImportLeadsResponse, Status>> + Send + 'static>>;
+
+    #[tracing::instrument(skip_all, fields(key_id))]
+    async fn import_leads(
+        &self,
+        request: Request<Streaming<ImportLeadsRequest>>,
+    ) -> Result<Response<Self::ImportLeadsStream>, Status> {
+        let origin = self.origin(&request, Scope::LeadsWrite)?;
+        let rows = request.into_inner();
+        let capturer = self.capturer.clone();
+        // Rows are captured a few at a time, results in row order; the buffer bounds memory
+        // whatever the number of rows.
+        let results = rows
+            .map(move |row| {
+                let capturer = capturer.clone();
+                let origin = origin.clone();
+                async move {
+                    let row = row?;
+                    Ok::<_, Status>(import_row(&capturer, &origin, row).await)
                 }
-                return Err(CaptureError::Rejected(violations).into());
-            }
-            Err(err) => return Err(err.into()),
+            })
+            .buffered(IMPORT_CONCURRENCY);
+        Ok(Response::new(Box::pin(results)))
+    }
+
+    #[tracing::instrument(skip_all)]
+    async fn list_leads(
+        &self,
+        request: Request<ListLeadsRequest>,
+    ) -> Result<Response<ListLeadsResponse>, Status> {
+        let caller = caller(&request, Scope::LeadsRead)?;
+        let request = request.into_inner();
+        let mut violations = FieldViolations::new();
+        let source = parse_token(&mut violations, "source", &request.source, false);
+        if !(0..=500).contains(&request.page_size) {
+            violations.reject("page_size", "OUT_OF_RANGE", "must be 1 to 500 (0 for 50)");
+        }
+        let after = match request.page_token.trim() {
+            "" => None,
+            token => uuid::Uuid::parse_str(token).map(Some).unwrap_or_else(|_| {
+                violations.reject(
+                    "page_token",
+                    "INVALID",
+                    "is not a token from a previous page",
+                );
+                None
+            }),
         };
-        let respond = move |captured: &Captured| capture_response(captured, unmask).encode_to_vec();
-        let captured = match self
-            .leads
-            .capture(&source, &capture, idempotency.as_ref(), &respond)
+        if !violations.is_empty() {
+            return Err(violations.into_status("request rejected"));
+        }
+        let page_size = if request.page_size == 0 {
+            50
+        } else {
+            request.page_size
+        };
+        let (leads, next) = self
+            .capturer
+            .leads()
+            .list(
+                Some(source.as_str()).filter(|source| !source.is_empty()),
+                page_size,
+                after,
+            )
             .await
-        {
-            Ok(captured) => captured,
-            Err(StoreError::FailedPrecondition(why)) if why == "replay" => {
-                // A concurrent first request with this key committed first: answer as it did.
-                let idempotency = idempotency
-                    .as_ref()
-                    .ok_or_else(|| Status::internal("internal error"))?;
-                let bytes = self
-                    .leads
-                    .replay(idempotency)
-                    .await
-                    .map_err(CaptureError::from)?;
-                return decode_replay(&bytes.ok_or_else(|| Status::aborted("retry"))?);
-            }
-            Err(err) => return Err(CaptureError::from(err).into()),
-        };
-        tracing::Span::current().record("lead_id", tracing::field::display(captured.lead.lead_id));
-        tracing::info!(source = %source.source_id, outcome = ?captured.outcome, "lead captured");
-        Ok(Response::new(capture_response(&captured, unmask)))
+            .map_err(CaptureError::from)?;
+        let unmask = caller.has(Scope::PiiRead);
+        Ok(Response::new(ListLeadsResponse {
+            leads: leads
+                .into_iter()
+                .map(|view| convert::lead(view, unmask))
+                .collect(),
+            next_page_token: next.map(|id| id.to_string()).unwrap_or_default(),
+        }))
     }
 
     #[tracing::instrument(skip_all, fields(lead_id))]
@@ -355,8 +353,11 @@ impl CaptureService for CaptureApi {
     ) -> Result<Response<CreateSourceResponse>, Status> {
         caller(&request, Scope::Admin)?;
         let request = request.into_inner();
-        let policy = SourcePolicy::parse(&request.source_id, request.settings)
+        let mut policy = SourcePolicy::parse(&request.source_id, request.settings)
             .map_err(CaptureError::from)?;
+        if let Some(form) = policy.settings.web_form.as_mut() {
+            form.form_key = new_form_key();
+        }
         let created = self
             .sources
             .create(&policy)
@@ -376,8 +377,23 @@ impl CaptureService for CaptureApi {
     ) -> Result<Response<UpdateSourceResponse>, Status> {
         caller(&request, Scope::Admin)?;
         let request = request.into_inner();
-        let policy = SourcePolicy::parse(&request.source_id, request.settings)
+        let mut policy = SourcePolicy::parse(&request.source_id, request.settings)
             .map_err(CaptureError::from)?;
+        let existing = self
+            .sources
+            .get(&policy.source_id)
+            .await
+            .map_err(CaptureError::from)?;
+        let existing =
+            existing.ok_or_else(|| Status::not_found(format!("no source {}", policy.source_id)))?;
+        if let Some(form) = policy.settings.web_form.as_mut() {
+            // The form key is the form's address: it stays as it was, or is made now.
+            form.form_key = existing
+                .policy
+                .form_key()
+                .map(str::to_owned)
+                .unwrap_or_else(new_form_key);
+        }
         let updated = self
             .sources
             .update(&policy)

@@ -7,6 +7,8 @@ pub mod config;
 pub mod domain;
 pub mod error;
 pub mod grpc;
+pub mod limits;
+pub mod service;
 pub mod store;
 
 use std::sync::Arc;
@@ -40,12 +42,12 @@ pub async fn build(config: Config) -> anyhow::Result<Application> {
     let outbox = host.outbox(CAPTURE_STREAM);
     let leads = store::LeadStore::new(host.pool().clone(), outbox, checked.keyring, identity_key);
     let sources = store::SourceStore::new(host.pool().clone());
+    let capturer = service::Capturer::new(Arc::new(checked.normalize), leads, sources);
     let api = grpc::CaptureApi::new(
-        Arc::new(checked.normalize),
-        leads,
-        sources,
+        capturer,
         auth.clone(),
         key_env,
+        config.settings.key_rate_per_minute,
     );
     let mut routes = tonic::service::RoutesBuilder::default();
     routes.add_service(

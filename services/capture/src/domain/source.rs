@@ -167,6 +167,44 @@ impl SourcePolicy {
                 "must be an ISO 4217 code such as USD",
             );
         }
+        if let Some(form) = &settings.web_form {
+            for origin in &form.allowed_origins {
+                let valid = url::Url::parse(origin).is_ok_and(|url| {
+                    matches!(url.scheme(), "http" | "https")
+                        && url.host_str().is_some()
+                        && url.path() == "/"
+                        && !origin.ends_with('/')
+                });
+                if !valid {
+                    violations.reject(
+                        "settings.web_form.allowed_origins",
+                        "INVALID_ORIGIN",
+                        format!("`{origin}` is not an origin such as https://www.example.com"),
+                    );
+                }
+            }
+            if !form.thank_you_url.is_empty()
+                && crate::domain::lead::parse_url(&form.thank_you_url).is_err()
+            {
+                violations.reject(
+                    "settings.web_form.thank_you_url",
+                    "INVALID_URL",
+                    "must be an http(s) URL",
+                );
+            }
+            let honeypot = form.honeypot_field.trim();
+            if honeypot.chars().count() > 64
+                || honeypot
+                    .chars()
+                    .any(|c| !(c.is_ascii_alphanumeric() || c == '_' || c == '-'))
+            {
+                violations.reject(
+                    "settings.web_form.honeypot_field",
+                    "INVALID",
+                    "must be a field name of at most 64 of a-z, 0-9, `_`, `-`",
+                );
+            }
+        }
         if !(0..=3650).contains(&settings.return_window_days) {
             violations.reject(
                 "settings.return_window_days",
@@ -180,6 +218,15 @@ impl SourcePolicy {
             default_region,
             dedupe,
         })
+    }
+
+    /// Returns the public key of the source's web form, when it has one.
+    pub fn form_key(&self) -> Option<&str> {
+        self.settings
+            .web_form
+            .as_ref()
+            .map(|form| form.form_key.as_str())
+            .filter(|key| !key.is_empty())
     }
 
     /// Checks a parsed lead against the source's required fields and acceptance rules; every

@@ -1053,6 +1053,36 @@ impl LeadStore {
         Ok(outcome)
     }
 
+    /// Returns a page of leads, newest first (ids are UUIDv7, so id order is time order),
+    /// after `after` when given, with the id to continue from when there may be more.
+    pub async fn list(
+        &self,
+        source: Option<&str>,
+        page_size: i32,
+        after: Option<Uuid>,
+    ) -> Result<(Vec<LeadView>, Option<Uuid>), StoreError> {
+        let ids: Vec<(Uuid,)> = sqlx::query_as(
+            "SELECT lead_id FROM capture.leads WHERE ($1::text IS NULL OR source_id = $1) \
+               AND ($2::uuid IS NULL OR lead_id < $2) ORDER BY lead_id DESC LIMIT $3",
+        )
+        .bind(source)
+        .bind(after)
+        .bind(i64::from(page_size))
+        .fetch_all(&self.pool)
+        .await?;
+        let mut connection = self.pool.acquire().await?;
+        let mut leads = Vec::with_capacity(ids.len());
+        for (lead_id,) in &ids {
+            if let Some(view) = self.view(&mut connection, *lead_id).await? {
+                leads.push(view);
+            }
+        }
+        let next = (ids.len() == usize::try_from(page_size).unwrap_or_default())
+            .then(|| ids.last().map(|(lead_id,)| *lead_id))
+            .flatten();
+        Ok((leads, next))
+    }
+
     /// Returns the source a lead came through.
     pub async fn source_of(&self, lead_id: Uuid) -> Result<Option<String>, StoreError> {
         let row: Option<(String,)> =

@@ -48,11 +48,12 @@ impl SourceStore {
     /// Inserts a source; `None` when the id is taken.
     pub async fn create(&self, policy: &SourcePolicy) -> anyhow::Result<Option<StoredSource>> {
         let row: Option<SourceRow> = sqlx::query_as(
-            "INSERT INTO capture.sources (source_id, settings) VALUES ($1, $2) ON CONFLICT (source_id) DO NOTHING \
-             RETURNING source_id, settings, created_at, updated_at",
+            "INSERT INTO capture.sources (source_id, settings, form_key) VALUES ($1, $2, $3) \
+             ON CONFLICT (source_id) DO NOTHING RETURNING source_id, settings, created_at, updated_at",
         )
         .bind(&policy.source_id)
         .bind(policy.settings.encode_to_vec())
+        .bind(policy.form_key())
         .fetch_optional(&self.pool)
         .await
         .context("insert source")?;
@@ -62,11 +63,12 @@ impl SourceStore {
     /// Replaces a source's settings; `None` when there is no such source.
     pub async fn update(&self, policy: &SourcePolicy) -> anyhow::Result<Option<StoredSource>> {
         let row: Option<SourceRow> = sqlx::query_as(
-            "UPDATE capture.sources SET settings = $2, updated_at = now() WHERE source_id = $1 \
+            "UPDATE capture.sources SET settings = $2, form_key = $3, updated_at = now() WHERE source_id = $1 \
              RETURNING source_id, settings, created_at, updated_at",
         )
         .bind(&policy.source_id)
         .bind(policy.settings.encode_to_vec())
+        .bind(policy.form_key())
         .fetch_optional(&self.pool)
         .await
         .context("update source")?;
@@ -82,6 +84,18 @@ impl SourceStore {
         .fetch_optional(&self.pool)
         .await
         .context("select source")?;
+        row.map(from_row).transpose()
+    }
+
+    /// Returns the source whose web form has `form_key`.
+    pub async fn by_form_key(&self, form_key: &str) -> anyhow::Result<Option<StoredSource>> {
+        let row: Option<SourceRow> = sqlx::query_as(
+            "SELECT source_id, settings, created_at, updated_at FROM capture.sources WHERE form_key = $1",
+        )
+        .bind(form_key)
+        .fetch_optional(&self.pool)
+        .await
+        .context("select source by form key")?;
         row.map(from_row).transpose()
     }
 
