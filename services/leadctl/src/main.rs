@@ -1,5 +1,7 @@
 //! `leadctl`: capture leads, look them up, record replies and read the funnel from a shell.
 
+mod import;
+
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 use comfy_table::Table;
@@ -7,7 +9,9 @@ use leadflow_platform::grpc::Outgoing;
 use leadflow_proto::analytics::v1::GetFunnelRequest;
 use leadflow_proto::analytics::v1::analytics_service_client::AnalyticsServiceClient;
 use leadflow_proto::capture::v1::capture_service_client::CaptureServiceClient;
-use leadflow_proto::capture::v1::{CaptureLeadRequest, LeadInput};
+use leadflow_proto::capture::v1::{
+    CaptureLeadRequest, EraseLeadRequest, LeadInput, ListLeadsRequest,
+};
 use leadflow_proto::capture::v1::{
     ConsentChannel, ConsentInput, CreateApiKeyRequest, CreateSourceRequest, DedupeMode,
     DedupePolicy, LegalBasis, ListSourcesRequest, SourceKind, SourceSettings,
@@ -95,6 +99,33 @@ impl Endpoints {
 enum Command {
     /// Capture one lead and print its id.
     Capture(CaptureArgs),
+    /// Import a CSV (header row of field names) through ImportLeads, with a progress bar and a
+    /// summary; rejected rows go to <file>.rejects.csv.
+    Import {
+        /// The CSV file
+        file: std::path::PathBuf,
+        /// Registered source the rows come through
+        #[arg(long)]
+        source: String,
+        /// Channel of rows without a `channel` column
+        #[arg(long, default_value = "import")]
+        channel: String,
+    },
+    /// List leads, newest first.
+    List {
+        /// Only this source
+        #[arg(long, default_value = "")]
+        source: String,
+        #[arg(long, default_value_t = 20)]
+        limit: i32,
+    },
+    /// Erase a lead's personal data (keeps a hashed suppression record).
+    Erase {
+        lead_id: String,
+        /// Why, e.g. `gdpr-request`
+        #[arg(long)]
+        reason: String,
+    },
     /// Register the `demo` source (if missing) and capture a handful of demo leads.
     Demo,
     /// Register a source.
@@ -308,6 +339,59 @@ async fn main() -> anyhow::Result<()> {
             println!("{}", created.secret);
         }
         Command::Show { lead_id } => show(&cli.endpoints, lead_id).await?,
+        Command::Import {
+            file,
+            source,
+            channel,
+        } => {
+            let mut client = cli.endpoints.capture().await?;
+            let summary = import::run(&mut client, &file, &source, &channel).await?;
+            import::print(&summary);
+        }
+        Command::List { source, limit } => {
+            let page = cli
+                .endpoints
+                .capture()
+                .await?
+                .list_leads(ListLeadsRequest {
+                    source,
+                    page_size: limit,
+                    page_token: String::new(),
+                })
+                .await
+                .map_err(describe)?
+                .into_inner();
+            let mut table = Table::new();
+            table.set_header([
+                "lead id", "email", "phone", "name", "source", "channel", "quality", "touches",
+            ]);
+            for lead in page.leads {
+                table.add_row([
+                    lead.lead_id,
+                    lead.email,
+                    lead.phone,
+                    format!("{} {}", lead.first_name, lead.last_name)
+                        .trim()
+                        .to_owned(),
+                    lead.source,
+                    lead.channel,
+                    lead.quality_score.to_string(),
+                    lead.touch_count.to_string(),
+                ]);
+            }
+            println!("{table}");
+        }
+        Command::Erase { lead_id, reason } => {
+            let erased = cli
+                .endpoints
+                .capture()
+                .await?
+                .erase_lead(EraseLeadRequest { lead_id, reason })
+                .await
+                .map_err(describe)?
+                .into_inner();
+            println!("erased {}", erased.lead_id);
+        }
         Command::Reply { lead_id, text } => {
             let mut client = MessagingServiceClient::new(
                 cli.endpoints.channel(&cli.endpoints.messaging_url).await?,
@@ -465,6 +549,51 @@ fn stage_name(stage: i32) -> String {
 }
 
 async fn show(endpoints: &Endpoints, lead_id: String) -> anyhow::Result<()> {
+    let captured = endpoints
+        .capture()
+        .await?
+        .get_lead(leadflow_proto::capture::v1::GetLeadRequest {
+            lead_id: lead_id.clone(),
+        })
+        .await
+        .map_err(describe)?
+        .into_inner()
+        .lead
+        .context("empty response")?;
+    let mut contact = Table::new();
+    contact.set_header(["field", "value"]);
+    let first = captured.first_touch.clone().unwrap_or_default();
+    let latest = captured.latest_touch.clone().unwrap_or_default();
+    for (field, value) in [
+        ("email", captured.email.clone()),
+        ("phone", captured.phone.clone()),
+        (
+            "name",
+            format!("{} {}", captured.first_name, captured.last_name)
+                .trim()
+                .to_owned(),
+        ),
+        ("company", captured.company.clone()),
+        (
+            "source / channel",
+            format!("{} / {}", captured.source, captured.channel),
+        ),
+        ("quality", captured.quality_score.to_string()),
+        ("touches", captured.touch_count.to_string()),
+        (
+            "first touch",
+            format!("{} {} {}", first.source, first.channel, first.campaign),
+        ),
+        (
+            "latest touch",
+            format!("{} {} {}", latest.source, latest.channel, latest.campaign),
+        ),
+        ("consents", captured.consents.len().to_string()),
+        ("erased", captured.erased.to_string()),
+    ] {
+        contact.add_row([field.to_owned(), value]);
+    }
+    println!("{contact}");
     let mut client =
         QualificationServiceClient::new(endpoints.channel(&endpoints.qualification_url).await?);
     let lead = client
