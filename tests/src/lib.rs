@@ -134,6 +134,40 @@ impl TestEnv {
         format!("{}{stream}", self.stream_prefix)
     }
 
+    /// Returns every entry of `stream` (under this test's prefix), oldest first, read with
+    /// `XRANGE - +`.
+    pub async fn stream_entries(&self, stream: &str) -> anyhow::Result<Vec<StreamEntry>> {
+        let mut redis = self.redis().await?;
+        let reply: redis::streams::StreamRangeReply = redis::cmd("XRANGE")
+            .arg(self.stream(stream))
+            .arg("-")
+            .arg("+")
+            .query_async(&mut redis)
+            .await
+            .with_context(|| format!("XRANGE {stream}"))?;
+        reply
+            .ids
+            .into_iter()
+            .map(|entry| {
+                let mut fields = Vec::new();
+                let mut names: Vec<&String> = entry.map.keys().collect();
+                names.sort();
+                for name in names {
+                    let bytes = match &entry.map[name] {
+                        redis::Value::BulkString(bytes) => bytes.clone(),
+                        redis::Value::SimpleString(text) => text.clone().into_bytes(),
+                        other => bail!("stream field {name} of {} is {other:?}", entry.id),
+                    };
+                    fields.push((name.clone(), bytes));
+                }
+                Ok(StreamEntry {
+                    id: entry.id,
+                    fields,
+                })
+            })
+            .collect()
+    }
+
     /// Returns environment variables that configure `service` for this test.
     pub fn service_env(&self, service: Service) -> Vec<(String, String)> {
         let prefix = service.prefix();
@@ -156,6 +190,8 @@ impl TestEnv {
                     ("CAPTURE_BLIND_INDEX_KEY", BLIND_INDEX_KEY),
                     ("CAPTURE_API_KEY_PEPPER", API_KEY_PEPPER),
                     ("CAPTURE_API_KEY_ENV", "test"),
+                    // Tests run side by side: never the fixed default port.
+                    ("CAPTURE_HTTP_ADDR", "127.0.0.1:0"),
                 ] {
                     env.push((name.to_owned(), value.to_owned()));
                 }
@@ -167,6 +203,36 @@ impl TestEnv {
             Service::Qualification | Service::Analytics => {}
         }
         env
+    }
+}
+
+/// One entry of a Redis stream: its id and its fields with their raw bytes.
+#[derive(Debug, Clone)]
+pub struct StreamEntry {
+    pub id: String,
+    /// Field name and value, sorted by name.
+    pub fields: Vec<(String, Vec<u8>)>,
+}
+
+impl StreamEntry {
+    /// Returns the raw bytes of field `name`.
+    pub fn field(&self, name: &str) -> Option<&[u8]> {
+        self.fields
+            .iter()
+            .find(|(field, _)| field == name)
+            .map(|(_, bytes)| bytes.as_slice())
+    }
+
+    /// Returns every field name and value concatenated, to search the entry for leaks.
+    pub fn raw(&self) -> Vec<u8> {
+        let mut raw = Vec::new();
+        for (name, bytes) in &self.fields {
+            raw.extend_from_slice(name.as_bytes());
+            raw.push(0);
+            raw.extend_from_slice(bytes);
+            raw.push(0);
+        }
+        raw
     }
 }
 
@@ -223,6 +289,8 @@ pub fn binary_path(name: &str) -> anyhow::Result<PathBuf> {
 pub struct Running {
     pub service: Service,
     pub grpc_addr: SocketAddr,
+    /// The HTTP address the service logged (`serving http`), for those serving HTTP.
+    pub http_addr: Option<SocketAddr>,
     child: Child,
     logs: Arc<Mutex<Vec<String>>>,
 }
@@ -247,6 +315,7 @@ impl Running {
             .spawn()
             .with_context(|| format!("spawn {}", service.binary()))?;
         let logs = Arc::new(Mutex::new(Vec::new()));
+        let http_addr = Arc::new(Mutex::new(None));
         let (addr_tx, mut addr_rx) = tokio::sync::mpsc::channel::<SocketAddr>(1);
         let show = std::env::var("TEST_LOG").is_ok();
         for stream in [
@@ -263,6 +332,7 @@ impl Running {
         .flatten()
         {
             let logs = logs.clone();
+            let http_addr = http_addr.clone();
             let addr_tx = addr_tx.clone();
             let name = service.binary();
             tokio::spawn(async move {
@@ -279,6 +349,16 @@ impl Running {
                     {
                         let _sent = addr_tx.send(addr).await;
                     }
+                    // Logged before `serving`, on the same stream, so it is read first.
+                    if let Ok(value) = serde_json::from_str::<serde_json::Value>(&line)
+                        && value["message"] == "serving http"
+                        && let Some(addr) = value["http_addr"]
+                            .as_str()
+                            .and_then(|addr| addr.parse::<SocketAddr>().ok())
+                        && let Ok(mut http_addr) = http_addr.lock()
+                    {
+                        *http_addr = Some(addr);
+                    }
                     if let Ok(mut logs) = logs.lock() {
                         logs.push(line);
                     }
@@ -294,9 +374,11 @@ impl Running {
             let logs = logs.lock().map(|logs| logs.join("\n")).unwrap_or_default();
             bail!("{} did not start serving:\n{logs}", service.binary());
         };
+        let http_addr = http_addr.lock().ok().and_then(|addr| *addr);
         Ok(Self {
             service,
             grpc_addr,
+            http_addr,
             child,
             logs,
         })

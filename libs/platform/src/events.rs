@@ -37,10 +37,12 @@ pub fn stream_name(prefix: &str, stream: &str) -> String {
 }
 
 /// Builds an envelope for `payload` with a fresh UUIDv7 and the current trace context.
+/// `lead_id` is `None` for events about no lead (e.g. `lead.rejected`): the envelope's
+/// `lead_id` is then empty.
 pub fn envelope(
     producer: &str,
     event_type: &str,
-    lead_id: Uuid,
+    lead_id: Option<Uuid>,
     payload: &impl Message,
 ) -> Envelope {
     let now = std::time::SystemTime::now();
@@ -49,7 +51,7 @@ pub fn envelope(
         event_type: event_type.to_owned(),
         occurred_at: Some(prost_types::Timestamp::from(now)),
         producer: producer.to_owned(),
-        lead_id: lead_id.to_string(),
+        lead_id: lead_id.map(|id| id.to_string()).unwrap_or_default(),
         traceparent: crate::telemetry::current_traceparent(),
         schema_version: 1,
         payload: payload.encode_to_vec(),

@@ -39,6 +39,26 @@ impl Outbox {
         lead_id: Uuid,
         payload: &impl Message,
     ) -> anyhow::Result<Envelope> {
+        self.add_event(tx, event_type, Some(lead_id), payload).await
+    }
+
+    /// Adds an event about no lead in particular (its envelope's `lead_id` is empty).
+    pub async fn add_without_lead(
+        &self,
+        tx: &mut PgConnection,
+        event_type: &str,
+        payload: &impl Message,
+    ) -> anyhow::Result<Envelope> {
+        self.add_event(tx, event_type, None, payload).await
+    }
+
+    async fn add_event(
+        &self,
+        tx: &mut PgConnection,
+        event_type: &str,
+        lead_id: Option<Uuid>,
+        payload: &impl Message,
+    ) -> anyhow::Result<Envelope> {
         let envelope = super::envelope(self.producer, event_type, lead_id, payload);
         let event_id = Uuid::parse_str(&envelope.event_id).context("parse own event id")?;
         sqlx::query(sqlx::AssertSqlSafe(format!(

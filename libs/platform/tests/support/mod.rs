@@ -393,7 +393,7 @@ pub fn lead_captured() -> Envelope {
     leadflow_platform::events::envelope(
         PRODUCER,
         types::LEAD_CAPTURED,
-        lead_id,
+        Some(lead_id),
         &LeadCaptured {
             lead_id: lead_id.to_string(),
             source: "test".to_owned(),

@@ -343,8 +343,13 @@ impl LeadStore {
                     .with_jitter(),
             )
             .when(is_retryable)
-            .notify(|_, _| {
-                self.retries.fetch_add(1, Ordering::Relaxed);
+            .notify(|_, after| {
+                let retries = self.retries.fetch_add(1, Ordering::Relaxed) + 1;
+                tracing::info!(
+                    retries,
+                    after_ms = after.as_millis() as u64,
+                    "capture retried after a conflict"
+                );
             })
             .await
     }
@@ -773,7 +778,7 @@ impl LeadStore {
             reasons,
         };
         self.outbox
-            .add(&mut tx, event_types::LEAD_REJECTED, Uuid::nil(), &event)
+            .add_without_lead(&mut tx, event_types::LEAD_REJECTED, &event)
             .await?;
         tx.commit().await.context("commit rejection")?;
         Ok(())
@@ -843,7 +848,10 @@ impl LeadStore {
         let touches: Vec<TouchRow> = sqlx::query_as(
             "SELECT source_id, channel, campaign, utm_source, utm_medium, utm_campaign, utm_term, utm_content, \
                     gclid, fbclid, referrer, landing_page, captured_at \
-             FROM capture.touches WHERE lead_id = $1 ORDER BY captured_at, touch_id",
+             FROM ((SELECT * FROM capture.touches WHERE lead_id = $1 ORDER BY captured_at, touch_id LIMIT 1) \
+                   UNION ALL \
+                   (SELECT * FROM capture.touches WHERE lead_id = $1 ORDER BY captured_at DESC, touch_id DESC LIMIT 1)) \
+                  AS first_and_latest ORDER BY captured_at, touch_id",
         )
         .bind(lead_id)
         .fetch_all(&mut *connection)

@@ -1,0 +1,18 @@
+//! capture through its public gRPC interface, against the real binary: dedupe and merge and
+//! the dedupe race (R9, I3), idempotent retries (I2), personal data sealed, masked and erased
+//! (I8, R13), returns, source rules, consent evidence, and the auth matrix (R12).
+//!
+//! Direct SQL only asserts what is stored; Redis `XRANGE` only asserts what was published.
+
+#[path = "capture/auth.rs"]
+mod auth;
+#[path = "capture/idempotency.rs"]
+mod idempotency;
+#[path = "capture/merge.rs"]
+mod merge;
+#[path = "capture/privacy.rs"]
+mod privacy;
+#[path = "capture/sources.rs"]
+mod sources;
+#[path = "capture/support.rs"]
+mod support;

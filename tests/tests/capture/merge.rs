@@ -1,0 +1,391 @@
+//! Dedupe: a known person merges (first touch kept), a vendor source rejects duplicates in its
+//! window, and concurrent captures of one person make one lead (R9, I3).
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use leadflow_e2e::{Suite, WEBSITE_SOURCE};
+use leadflow_proto::capture::v1::{
+    Attribution, CaptureLeadRequest, CaptureOutcome, DedupeMode, DedupePolicy, GetLeadRequest,
+    LeadInput, SourceKind, SourceSettings,
+};
+use leadflow_proto::events::v1::LeadMerged;
+use tonic::Code;
+use uuid::Uuid;
+
+use crate::support::{capture_of, count, person, wait_for_event};
+
+fn merge_source(name: &str) -> SourceSettings {
+    SourceSettings {
+        name: name.into(),
+        kind: SourceKind::Partner.into(),
+        dedupe: Some(DedupePolicy {
+            mode: DedupeMode::Merge.into(),
+            window_seconds: 0,
+        }),
+        currency: "USD".into(),
+        ..SourceSettings::default()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_recapture_in_another_format_merges_into_the_same_lead() -> anyhow::Result<()> {
+    let suite = Suite::start().await?;
+    suite
+        .create_source("partner-form", merge_source("Partner form"))
+        .await?;
+    let mut capture = suite.capture().await?;
+
+    let first = capture
+        .capture_lead(CaptureLeadRequest {
+            lead: Some(LeadInput {
+                email: "  GRACE.Hopper@Navy-Example.ORG ".into(),
+                phone: "(415) 555-0142".into(),
+                first_name: "Grace".into(),
+                last_name: "Hopper".into(),
+                source: "partner-form".into(),
+                channel: "Referral".into(),
+                campaign: "spring-launch".into(),
+                ..LeadInput::default()
+            }),
+            attribution: Some(Attribution {
+                utm_source: "newsletter".into(),
+                utm_medium: "email".into(),
+                utm_campaign: "spring".into(),
+                referrer: "https://partner.example/".into(),
+                ..Attribution::default()
+            }),
+            consent: None,
+        })
+        .await?
+        .into_inner();
+    assert_eq!(first.outcome(), CaptureOutcome::Created);
+    let created = first.lead.expect("captured lead");
+    assert_eq!(created.email, "grace.hopper@navy-example.org");
+    assert_eq!(created.phone, "+14155550142");
+    assert_eq!(created.company, "");
+    assert_eq!(created.touch_count, 1);
+
+    let second = capture
+        .capture_lead(CaptureLeadRequest {
+            lead: Some(LeadInput {
+                email: "grace.hopper@navy-example.org".into(),
+                phone: "+14155550142".into(),
+                company: "US Navy".into(),
+                source: WEBSITE_SOURCE.into(),
+                channel: "paid_search".into(),
+                campaign: "autumn-promo".into(),
+                ..LeadInput::default()
+            }),
+            attribution: Some(Attribution {
+                utm_source: "google".into(),
+                utm_medium: "cpc".into(),
+                utm_campaign: "autumn".into(),
+                gclid: "gclid-123".into(),
+                ..Attribution::default()
+            }),
+            consent: None,
+        })
+        .await?
+        .into_inner();
+    assert_eq!(second.outcome(), CaptureOutcome::Merged);
+    let merged = second.lead.expect("merged lead");
+    assert_eq!(merged.lead_id, created.lead_id, "the same lead");
+    assert_eq!(merged.touch_count, 2);
+    assert_eq!(merged.company, "US Navy", "the empty company got filled");
+    assert_eq!(
+        (merged.first_name.as_str(), merged.last_name.as_str()),
+        ("Grace", "Hopper"),
+        "names kept"
+    );
+    assert_eq!(
+        (merged.source.as_str(), merged.channel.as_str()),
+        ("partner-form", "referral"),
+        "the lead keeps where it first came from"
+    );
+
+    let first_touch = merged.first_touch.clone().expect("first touch");
+    assert_eq!(
+        (
+            first_touch.source.as_str(),
+            first_touch.channel.as_str(),
+            first_touch.campaign.as_str()
+        ),
+        ("partner-form", "referral", "spring-launch")
+    );
+    let first_attribution = first_touch.attribution.expect("first attribution");
+    assert_eq!(
+        (
+            first_attribution.utm_source.as_str(),
+            first_attribution.utm_medium.as_str(),
+            first_attribution.utm_campaign.as_str(),
+            first_attribution.gclid.as_str()
+        ),
+        ("newsletter", "email", "spring", "")
+    );
+    let latest_touch = merged.latest_touch.clone().expect("latest touch");
+    assert_eq!(
+        (
+            latest_touch.source.as_str(),
+            latest_touch.channel.as_str(),
+            latest_touch.campaign.as_str()
+        ),
+        (WEBSITE_SOURCE, "paid_search", "autumn-promo")
+    );
+    let latest_attribution = latest_touch.attribution.expect("latest attribution");
+    assert_eq!(
+        (
+            latest_attribution.utm_source.as_str(),
+            latest_attribution.utm_campaign.as_str(),
+            latest_attribution.gclid.as_str()
+        ),
+        ("google", "autumn", "gclid-123")
+    );
+
+    let stored = capture
+        .get_lead(GetLeadRequest {
+            lead_id: created.lead_id.clone(),
+        })
+        .await?
+        .into_inner()
+        .lead
+        .expect("stored lead");
+    assert_eq!(stored, merged, "GetLead answers what the merge answered");
+
+    let mut db = suite.env.connect().await?;
+    assert_eq!(
+        count(&mut db, "SELECT count(*) FROM capture.leads").await?,
+        1
+    );
+    assert_eq!(
+        count(&mut db, "SELECT count(*) FROM capture.touches").await?,
+        2
+    );
+
+    let (_, event) = wait_for_event::<LeadMerged, _>(&suite, "lead.merged", |event| {
+        event.lead_id == created.lead_id
+    })
+    .await?;
+    assert!(
+        event.fields_filled.iter().any(|field| field == "company"),
+        "fields_filled names company: {:?}",
+        event.fields_filled
+    );
+    assert_eq!(
+        event.fields_filled,
+        ["company"],
+        "and nothing else was empty"
+    );
+    assert_eq!(event.touch_count, 2);
+    assert_eq!(
+        (
+            event.source.as_str(),
+            event.channel.as_str(),
+            event.campaign.as_str()
+        ),
+        (WEBSITE_SOURCE, "paid_search", "autumn-promo")
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_vendor_source_rejects_a_duplicate_within_its_window() -> anyhow::Result<()> {
+    let suite = Suite::start().await?;
+    suite
+        .create_source(
+            "acme-vendor",
+            SourceSettings {
+                name: "Acme leads".into(),
+                kind: SourceKind::Vendor.into(),
+                dedupe: Some(DedupePolicy {
+                    mode: DedupeMode::Reject.into(),
+                    window_seconds: 3600,
+                }),
+                cost_per_lead_micros: 4_000_000,
+                currency: "USD".into(),
+                ..SourceSettings::default()
+            },
+        )
+        .await?;
+    let mut capture = suite.capture().await?;
+    let vendor_lead = |email: &str, phone: &str| LeadInput {
+        source: "acme-vendor".into(),
+        channel: "vendor".into(),
+        ..person(email, phone)
+    };
+    let first = capture
+        .capture_lead(capture_of(vendor_lead(
+            "alan.turing@bletchley.example",
+            "(415) 555-0143",
+        )))
+        .await?
+        .into_inner();
+    assert_eq!(first.outcome(), CaptureOutcome::Created);
+    let lead_id = first.lead.expect("lead").lead_id;
+
+    let duplicate = capture
+        .capture_lead(capture_of(vendor_lead(
+            " Alan.Turing@BLETCHLEY.example",
+            "+1 415-555-0143",
+        )))
+        .await
+        .expect_err("a duplicate within the window is rejected");
+    assert_eq!(duplicate.code(), Code::AlreadyExists, "{duplicate:?}");
+    assert!(
+        duplicate.message().contains(&lead_id),
+        "the message names the existing lead {lead_id}: {:?}",
+        duplicate.message()
+    );
+
+    // The same person by phone alone is the same duplicate.
+    let by_phone = capture
+        .capture_lead(capture_of(vendor_lead("", "415.555.0143")))
+        .await
+        .expect_err("a duplicate by phone is rejected too");
+    assert_eq!(by_phone.code(), Code::AlreadyExists, "{by_phone:?}");
+
+    let mut db = suite.env.connect().await?;
+    assert_eq!(
+        count(&mut db, "SELECT count(*) FROM capture.leads").await?,
+        1,
+        "no second lead row"
+    );
+    let (touch_count,): (i32,) = sqlx::query_as("SELECT touch_count FROM capture.leads")
+        .fetch_one(&mut db)
+        .await?;
+    assert_eq!(touch_count, 1, "a rejected duplicate is not a touch");
+    assert_eq!(
+        count(&mut db, "SELECT count(*) FROM capture.touches").await?,
+        1
+    );
+    let types: Vec<(String,)> = sqlx::query_as("SELECT event_type FROM capture.outbox ORDER BY id")
+        .fetch_all(&mut db)
+        .await?;
+    assert_eq!(
+        types,
+        [("lead.captured".to_owned(),)],
+        "no merge was emitted for the duplicates"
+    );
+    Ok(())
+}
+
+/// The email and phone of a round's person in the variant `index`.
+fn race_variant(round: usize, index: usize) -> (String, String) {
+    let local = format!("race.person.{round}");
+    let email = match index % 4 {
+        0 => format!("{local}@Race-Example.com"),
+        1 => format!("  {}@RACE-EXAMPLE.COM ", local.to_uppercase()),
+        2 => format!("{local}@race-example.com"),
+        _ => format!("\t{local}@Race-example.Com  "),
+    };
+    let line = 142 + round;
+    let phone = match index % 3 {
+        0 => format!("(415) 555-{line:04}"),
+        1 => format!("+1 415 555 {line:04}"),
+        _ => format!("415.555.{line:04}"),
+    };
+    (email, phone)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sixty_four_concurrent_captures_of_one_person_make_one_lead() -> anyhow::Result<()> {
+    const CONCURRENCY: usize = 64;
+    let rounds: usize = match std::env::var("LEADFLOW_RACE_ROUNDS") {
+        Ok(value) => value.parse()?,
+        Err(_) => 20,
+    };
+    anyhow::ensure!(
+        (1..=9_000).contains(&rounds),
+        "LEADFLOW_RACE_ROUNDS must be 1..=9000"
+    );
+    let suite = Suite::start().await?;
+    let capture = suite.capture().await?;
+    let mut db = suite.env.connect().await?;
+    let (mut created, mut merged) = (0_usize, 0_usize);
+    let mut slowest = Duration::ZERO;
+    let started = Instant::now();
+    for round in 0..rounds {
+        let barrier = Arc::new(tokio::sync::Barrier::new(CONCURRENCY));
+        let mut tasks = tokio::task::JoinSet::new();
+        for index in 0..CONCURRENCY {
+            let mut client = capture.clone();
+            let barrier = barrier.clone();
+            let (email, phone) = race_variant(round, index);
+            tasks.spawn(async move {
+                let request = capture_of(LeadInput {
+                    first_name: if index % 2 == 0 { "Race" } else { " race " }.into(),
+                    ..person(&email, &phone)
+                });
+                barrier.wait().await;
+                let sent = Instant::now();
+                let answer =
+                    tokio::time::timeout(Duration::from_secs(30), client.capture_lead(request))
+                        .await;
+                (index, answer, sent.elapsed())
+            });
+        }
+        let mut lead_ids = Vec::with_capacity(CONCURRENCY);
+        while let Some(joined) = tasks.join_next().await {
+            let (index, answer, took) = joined?;
+            slowest = slowest.max(took);
+            let response = answer
+                .map_err(|_| anyhow::anyhow!("round {round} call {index} took over 30 s"))?
+                .map_err(|status| anyhow::anyhow!("round {round} call {index}: {status:?}"))?
+                .into_inner();
+            match response.outcome() {
+                CaptureOutcome::Created => created += 1,
+                CaptureOutcome::Merged => merged += 1,
+                CaptureOutcome::Unspecified => anyhow::bail!("round {round}: no outcome"),
+            }
+            lead_ids.push(response.lead.expect("lead").lead_id);
+        }
+        let lead_id = lead_ids[0].clone();
+        assert!(
+            lead_ids.iter().all(|id| *id == lead_id),
+            "round {round}: one person got several leads: {lead_ids:?}"
+        );
+        let lead_uuid = Uuid::parse_str(&lead_id)?;
+        let (rows, touch_count): (i64, i64) = sqlx::query_as(
+            "SELECT count(*), COALESCE(max(touch_count), 0)::int8 FROM capture.leads WHERE lead_id = $1",
+        )
+        .bind(lead_uuid)
+        .fetch_one(&mut db)
+        .await?;
+        assert_eq!(rows, 1, "round {round}: one leads row");
+        assert_eq!(
+            touch_count, CONCURRENCY as i64,
+            "round {round}: every capture is a touch"
+        );
+        let (touches,): (i64,) =
+            sqlx::query_as("SELECT count(*) FROM capture.touches WHERE lead_id = $1")
+                .bind(lead_uuid)
+                .fetch_one(&mut db)
+                .await?;
+        assert_eq!(touches, CONCURRENCY as i64, "round {round}: touches");
+        assert_eq!(
+            created,
+            round + 1,
+            "round {round}: exactly one capture created the lead"
+        );
+    }
+    let wall = started.elapsed();
+    // The service logs each transaction it retried after a unique or serialization conflict.
+    let retries = suite.services[&leadflow_e2e::Service::Capture]
+        .logs()
+        .iter()
+        .filter(|line| line.contains("capture retried after a conflict"))
+        .count();
+    eprintln!(
+        "dedupe race: {rounds} rounds x {CONCURRENCY} concurrent captures: created {created}, \
+         merged {merged}, retries {retries}, wall {wall:.2?} ({:.1?} per round), slowest call {slowest:.2?}",
+        wall / rounds as u32
+    );
+    assert_eq!(
+        count(&mut db, "SELECT count(*) FROM capture.leads").await?,
+        rounds as i64,
+        "one lead per person, no duplicates"
+    );
+    assert_eq!(created, rounds);
+    assert_eq!(merged, rounds * (CONCURRENCY - 1));
+    Ok(())
+}

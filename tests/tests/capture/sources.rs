@@ -1,0 +1,374 @@
+//! Sources: their acceptance rules at the door, their administration, and returns.
+
+use leadflow_e2e::{Suite, WEBSITE_SOURCE};
+use leadflow_proto::capture::v1::{
+    AcceptanceRules, CaptureLeadRequest, ConsentChannel, CreateSourceRequest, DedupeMode,
+    DedupePolicy, LeadInput, ListSourcesRequest, ReturnLeadRequest, ReturnReason, SourceKind,
+    SourceSettings, UpdateSourceRequest,
+};
+use leadflow_proto::events::v1::{LeadRejected, LeadReturned};
+use tonic::Code;
+
+use crate::support::{capture_of, count, person, violated_fields, violations, wait_for_event};
+
+fn settings(name: &str) -> SourceSettings {
+    SourceSettings {
+        name: name.into(),
+        kind: SourceKind::Vendor.into(),
+        currency: "USD".into(),
+        ..SourceSettings::default()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_lead_is_returned_within_the_window_once() -> anyhow::Result<()> {
+    let suite = Suite::start().await?;
+    suite
+        .create_source(
+            "no-returns",
+            SourceSettings {
+                cost_per_lead_micros: 1_000_000,
+                return_window_days: 0,
+                ..settings("Final sale")
+            },
+        )
+        .await?;
+    let mut capture = suite.capture().await?;
+    let lead_id = capture
+        .capture_lead(capture_of(person(
+            "ada.returned@example.org",
+            "(415) 555-0160",
+        )))
+        .await?
+        .into_inner()
+        .lead
+        .expect("lead")
+        .lead_id;
+
+    let unspecified = capture
+        .return_lead(ReturnLeadRequest {
+            lead_id: lead_id.clone(),
+            reason: ReturnReason::Unspecified.into(),
+            note: String::new(),
+        })
+        .await
+        .expect_err("a return needs a reason");
+    assert_eq!(unspecified.code(), Code::InvalidArgument, "{unspecified:?}");
+    assert_eq!(violated_fields(&unspecified), ["reason"]);
+
+    let returned = capture
+        .return_lead(ReturnLeadRequest {
+            lead_id: lead_id.clone(),
+            reason: ReturnReason::BadData.into(),
+            note: "the phone rings a fax machine".into(),
+        })
+        .await?
+        .into_inner();
+    assert_eq!(returned.lead_id, lead_id);
+    assert_eq!(returned.credit_micros, 2_500_000);
+    assert_eq!(returned.currency, "USD");
+    assert!(returned.returned_at.is_some());
+
+    let (_, event) = wait_for_event::<LeadReturned, _>(&suite, "lead.returned", |event| {
+        event.lead_id == lead_id
+    })
+    .await?;
+    assert_eq!(
+        (
+            event.source.as_str(),
+            event.reason.as_str(),
+            event.credit_micros,
+            event.currency.as_str()
+        ),
+        (WEBSITE_SOURCE, "bad_data", 2_500_000, "USD")
+    );
+
+    let twice = capture
+        .return_lead(ReturnLeadRequest {
+            lead_id: lead_id.clone(),
+            reason: ReturnReason::Duplicate.into(),
+            note: String::new(),
+        })
+        .await
+        .expect_err("a lead is returned once");
+    assert_eq!(twice.code(), Code::FailedPrecondition, "{twice:?}");
+
+    let final_sale = capture
+        .capture_lead(capture_of(LeadInput {
+            source: "no-returns".into(),
+            ..person("final.sale@example.org", "")
+        }))
+        .await?
+        .into_inner()
+        .lead
+        .expect("lead")
+        .lead_id;
+    let refused = capture
+        .return_lead(ReturnLeadRequest {
+            lead_id: final_sale,
+            reason: ReturnReason::Fraud.into(),
+            note: String::new(),
+        })
+        .await
+        .expect_err("a source with no return window takes nothing back");
+    assert_eq!(refused.code(), Code::FailedPrecondition, "{refused:?}");
+
+    let mut db = suite.env.connect().await?;
+    assert_eq!(
+        count(
+            &mut db,
+            "SELECT count(*) FROM capture.outbox WHERE event_type = 'lead.returned'"
+        )
+        .await?,
+        1,
+        "one lead.returned"
+    );
+    Ok(())
+}
+
+/// A London landline: a fixed line, not mobile (US numbers are ambiguous, read as mobile).
+const LANDLINE: &str = "+44 20 7946 0018";
+
+#[tokio::test(flavor = "multi_thread")]
+async fn source_rules_reject_with_one_reason_per_failure() -> anyhow::Result<()> {
+    let suite = Suite::start().await?;
+    suite
+        .create_source(
+            "uk-sms",
+            SourceSettings {
+                required_fields: vec!["first_name".into()],
+                rules: Some(AcceptanceRules {
+                    countries: vec!["GB".into()],
+                    reject_disposable_email: true,
+                    require_mobile_phone: true,
+                    required_consent: vec![ConsentChannel::Sms.into()],
+                    ..AcceptanceRules::default()
+                }),
+                ..settings("UK SMS vendor")
+            },
+        )
+        .await?;
+    let mut capture = suite.capture().await?;
+    let email = "reject.canary5521@mailinator.com";
+    let rejected = capture
+        .capture_lead(capture_of(LeadInput {
+            country: "US".into(),
+            source: "uk-sms".into(),
+            campaign: "winter".into(),
+            ..person(email, LANDLINE)
+        }))
+        .await
+        .expect_err("a lead failing every rule is rejected");
+    assert_eq!(rejected.code(), Code::InvalidArgument, "{rejected:?}");
+    let expected = [
+        ("lead.first_name", "REQUIRED"),
+        ("lead.country", "COUNTRY_NOT_ACCEPTED"),
+        ("lead.email", "DISPOSABLE_EMAIL"),
+        ("lead.phone", "PHONE_NOT_MOBILE"),
+        ("consent.channels", "CONSENT_REQUIRED"),
+    ];
+    let got = violations(&rejected);
+    let got: Vec<(&str, &str)> = got
+        .iter()
+        .map(|(field, reason)| (field.as_str(), reason.as_str()))
+        .collect();
+    assert_eq!(got, expected, "one reason per failed rule");
+
+    let mut db = suite.env.connect().await?;
+    assert_eq!(
+        count(&mut db, "SELECT count(*) FROM capture.leads").await?,
+        0,
+        "nothing stored"
+    );
+    assert_eq!(
+        count(&mut db, "SELECT count(*) FROM capture.touches").await?,
+        0
+    );
+    let (published, event) = wait_for_event::<LeadRejected, _>(&suite, "lead.rejected", |event| {
+        event.source == "uk-sms"
+    })
+    .await?;
+    let codes: Vec<(&str, &str)> = event
+        .reasons
+        .iter()
+        .map(|reason| (reason.field.as_str(), reason.code.as_str()))
+        .collect();
+    let lowered: Vec<(&str, String)> = expected
+        .iter()
+        .map(|(field, reason)| (*field, reason.to_lowercase()))
+        .collect();
+    let lowered: Vec<(&str, &str)> = lowered
+        .iter()
+        .map(|(field, reason)| (*field, reason.as_str()))
+        .collect();
+    assert_eq!(codes, lowered);
+    assert_eq!(
+        (event.channel.as_str(), event.campaign.as_str()),
+        ("web", "winter")
+    );
+    // Its envelope's lead_id: see `a_rejection_event_names_no_lead` (ignored, a known bug).
+    let raw = String::from_utf8_lossy(&published.entry.raw()).to_lowercase();
+    for canary in [email, "reject.canary5521", "442079460018", "7946 0018"] {
+        assert!(
+            !raw.contains(canary),
+            "{canary} is in the lead.rejected entry"
+        );
+    }
+
+    // An unknown source is named as such.
+    let unknown = capture
+        .capture_lead(capture_of(LeadInput {
+            source: "nowhere".into(),
+            ..person("someone@example.org", "")
+        }))
+        .await
+        .expect_err("an unknown source is rejected");
+    assert_eq!(unknown.code(), Code::InvalidArgument, "{unknown:?}");
+    assert_eq!(
+        violations(&unknown),
+        [("lead.source".to_owned(), "UNKNOWN_SOURCE".to_owned())]
+    );
+
+    // Administration: bad settings named field by field, duplicates, missing ids, listing.
+    let bad = capture
+        .create_source(CreateSourceRequest {
+            source_id: "Bad Source!".into(),
+            settings: Some(SourceSettings {
+                name: String::new(),
+                kind: SourceKind::Unspecified.into(),
+                field_mapping: [("E-Mail".to_owned(), "mail".to_owned())].into(),
+                default_phone_region: "XX".into(),
+                required_fields: vec!["shoe_size".into()],
+                dedupe: Some(DedupePolicy {
+                    mode: DedupeMode::Reject.into(),
+                    window_seconds: 0,
+                }),
+                rate_limit_per_minute: -1,
+                currency: "dollars".into(),
+                return_window_days: 5000,
+                ..SourceSettings::default()
+            }),
+        })
+        .await
+        .expect_err("bad settings are rejected");
+    assert_eq!(bad.code(), Code::InvalidArgument, "{bad:?}");
+    assert_eq!(
+        violated_fields(&bad),
+        [
+            "source_id",
+            "settings.name",
+            "settings.kind",
+            "settings.field_mapping",
+            "settings.default_phone_region",
+            "settings.required_fields",
+            "settings.dedupe.window_seconds",
+            "settings.rate_limit_per_minute",
+            "settings.currency",
+            "settings.return_window_days",
+        ]
+    );
+    let missing_settings = capture
+        .create_source(CreateSourceRequest {
+            source_id: "no-settings".into(),
+            settings: None,
+        })
+        .await
+        .expect_err("settings are required");
+    assert_eq!(violated_fields(&missing_settings), ["settings"]);
+
+    let duplicate = capture
+        .create_source(CreateSourceRequest {
+            source_id: WEBSITE_SOURCE.into(),
+            settings: Some(settings("Another website")),
+        })
+        .await
+        .expect_err("a source id is registered once");
+    assert_eq!(duplicate.code(), Code::AlreadyExists, "{duplicate:?}");
+
+    let missing = capture
+        .update_source(UpdateSourceRequest {
+            source_id: "nowhere".into(),
+            settings: Some(settings("Nowhere")),
+        })
+        .await
+        .expect_err("no such source");
+    assert_eq!(missing.code(), Code::NotFound, "{missing:?}");
+
+    let updated = capture
+        .update_source(UpdateSourceRequest {
+            source_id: "uk-sms".into(),
+            settings: Some(settings("UK SMS vendor, relaxed")),
+        })
+        .await?
+        .into_inner()
+        .source
+        .expect("source");
+    assert_eq!(
+        updated
+            .settings
+            .as_ref()
+            .map(|settings| settings.name.as_str()),
+        Some("UK SMS vendor, relaxed")
+    );
+
+    let listed = capture
+        .list_sources(ListSourcesRequest {})
+        .await?
+        .into_inner()
+        .sources;
+    let ids: Vec<&str> = listed
+        .iter()
+        .map(|source| source.source_id.as_str())
+        .collect();
+    assert_eq!(ids, ["uk-sms", WEBSITE_SOURCE]);
+    let website = &listed[1];
+    let website_settings = website.settings.clone().expect("settings");
+    assert_eq!(
+        (
+            website_settings.cost_per_lead_micros,
+            website_settings.return_window_days,
+            website_settings.currency.as_str()
+        ),
+        (2_500_000, 30, "USD")
+    );
+    assert_eq!(
+        listed[0].settings.as_ref().and_then(|s| s.rules.clone()),
+        None,
+        "the update replaced the rules"
+    );
+
+    // With the rules replaced, the same person is accepted.
+    let accepted = capture
+        .capture_lead(CaptureLeadRequest {
+            lead: Some(LeadInput {
+                country: "US".into(),
+                source: "uk-sms".into(),
+                ..person(email, LANDLINE)
+            }),
+            ..CaptureLeadRequest::default()
+        })
+        .await;
+    assert!(accepted.is_ok(), "{accepted:?}");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_rejection_event_names_no_lead() -> anyhow::Result<()> {
+    let suite = Suite::start().await?;
+    let status = suite
+        .capture()
+        .await?
+        .capture_lead(capture_of(person("not-an-email", "")))
+        .await
+        .expect_err("a bad email is rejected");
+    assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+    let (published, _) =
+        wait_for_event::<LeadRejected, _>(&suite, "lead.rejected", |_| true).await?;
+    // proto/leadflow/events/v1/capture.proto: "no lead id (none was created);
+    // `Envelope.lead_id` is empty".
+    assert_eq!(
+        published.envelope.lead_id, "",
+        "a rejection names no lead, not the nil UUID"
+    );
+    Ok(())
+}
