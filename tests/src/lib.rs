@@ -177,6 +177,8 @@ impl TestEnv {
             (format!("{prefix}REDIS_URL"), self.redis_url.clone()),
             (format!("{prefix}STREAM_PREFIX"), self.stream_prefix.clone()),
             (format!("{prefix}MIGRATE_ON_START"), "true".to_owned()),
+            // Suites run side by side against one Postgres: stay well under its 100 clients.
+            (format!("{prefix}DATABASE_MAX_CONNECTIONS"), "6".to_owned()),
             (format!("{prefix}CONSUMER_BLOCK_MS"), "500".to_owned()),
             (format!("{prefix}CONSUMER_MIN_IDLE_MS"), "1000".to_owned()),
             (format!("{prefix}HEALTH_INTERVAL_MS"), "200".to_owned()),

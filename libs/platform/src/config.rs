@@ -64,6 +64,9 @@ pub struct CommonConfig {
     pub grpc_addr: Option<SocketAddr>,
     /// Postgres URL; the service works in its own schema.
     pub database_url: SecretString,
+    /// Most Postgres connections this process opens.
+    #[serde(default = "default_database_max_connections")]
+    pub database_max_connections: u32,
     /// Redis URL for the event streams.
     pub redis_url: SecretString,
     /// Prefix for every stream name (isolates test runs and tenants); empty by default.
@@ -107,6 +110,10 @@ pub struct CommonConfig {
     /// Whether gRPC reflection is open to callers without a key (else it needs `admin`).
     #[serde(default = "default_true")]
     pub reflection_open: bool,
+}
+
+fn default_database_max_connections() -> u32 {
+    16
 }
 
 fn default_api_key_env() -> String {

@@ -70,7 +70,12 @@ impl ServiceHost {
     /// is set, and binds the gRPC listener.
     pub async fn start(spec: &'static ServiceSpec, config: CommonConfig) -> anyhow::Result<Self> {
         let name = spec.name;
-        let pool = crate::postgres::connect(&config.database_url, name).await?;
+        let pool = crate::postgres::connect_with_limit(
+            &config.database_url,
+            name,
+            config.database_max_connections,
+        )
+        .await?;
         if config.migrate_on_start {
             crate::postgres::migrate(&pool, name, spec.migrator).await?;
         }

@@ -14,12 +14,21 @@ static PLATFORM_MIGRATOR: Migrator = sqlx::migrate!("./migrations");
 
 /// Returns a pool whose connections use `schema` as their search path.
 pub async fn connect(url: &SecretString, schema: &'static str) -> anyhow::Result<PgPool> {
+    connect_with_limit(url, schema, 16).await
+}
+
+/// Returns a pool of at most `max_connections` connections in `schema`.
+pub async fn connect_with_limit(
+    url: &SecretString,
+    schema: &'static str,
+    max_connections: u32,
+) -> anyhow::Result<PgPool> {
     let options = PgConnectOptions::from_str(url.expose_secret())
         .context("parse database url")?
         .application_name(schema)
         .options([("search_path", schema)]);
     PgPoolOptions::new()
-        .max_connections(16)
+        .max_connections(max_connections.max(2))
         .acquire_timeout(Duration::from_secs(5))
         .connect_with(options)
         .await

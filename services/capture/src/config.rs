@@ -1,5 +1,6 @@
 //! capture's configuration, read from `CAPTURE_*` variables.
 
+use std::net::SocketAddr;
 use std::str::FromStr;
 
 use leadflow_platform::config::{CommonConfig, ConfigError};
@@ -36,7 +37,17 @@ pub struct Settings {
     /// Captures per minute allowed per API key on `CaptureLead`; 0 means unlimited.
     #[serde(default)]
     pub key_rate_per_minute: u32,
+    /// Address of the web-to-lead HTTP endpoint ([`DEFAULT_HTTP_ADDR`] when unset); port 0
+    /// picks a free port.
+    pub http_addr: Option<SocketAddr>,
+    /// Whether web-form consent records take the client IP from the first `X-Forwarded-For`
+    /// entry instead of the socket peer: only behind a proxy that sets that header itself.
+    #[serde(default)]
+    pub trust_forwarded_for: bool,
 }
+
+/// Address of the web-to-lead HTTP endpoint unless `CAPTURE_HTTP_ADDR` says otherwise.
+pub const DEFAULT_HTTP_ADDR: SocketAddr = leadflow_platform::host::localhost(8081);
 
 fn default_phone_region() -> String {
     "US".to_owned()

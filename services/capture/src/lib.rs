@@ -7,6 +7,7 @@ pub mod config;
 pub mod domain;
 pub mod error;
 pub mod grpc;
+pub mod http;
 pub mod limits;
 pub mod service;
 pub mod store;
@@ -43,6 +44,15 @@ pub async fn build(config: Config) -> anyhow::Result<Application> {
     let leads = store::LeadStore::new(host.pool().clone(), outbox, checked.keyring, identity_key);
     let sources = store::SourceStore::new(host.pool().clone());
     let capturer = service::Capturer::new(Arc::new(checked.normalize), leads, sources);
+    let web_forms = http::WebFormServer::bind(
+        config
+            .settings
+            .http_addr
+            .unwrap_or(config::DEFAULT_HTTP_ADDR),
+        capturer.clone(),
+        config.settings.trust_forwarded_for,
+    )
+    .await?;
     let api = grpc::CaptureApi::new(
         capturer,
         auth.clone(),
@@ -53,5 +63,8 @@ pub async fn build(config: Config) -> anyhow::Result<Application> {
     routes.add_service(
         CaptureServiceServer::new(api).max_decoding_message_size(host.config().max_request_bytes),
     );
-    Ok(Application::new(host, routes).with_auth(auth))
+    tracing::info!(http_addr = %web_forms.local_addr(), "serving http");
+    Ok(Application::new(host, routes)
+        .with_auth(auth)
+        .with_task(move |stop| web_forms.serve(stop.cancelled_owned())))
 }

@@ -8,10 +8,13 @@ use std::time::Duration;
 use governor::clock::{Clock, DefaultClock};
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 
+/// A limiter with the per-minute quota it was built for.
+type QuotaLimiter = (u32, Arc<DefaultDirectRateLimiter>);
+
 /// Limiters by name (`source:<id>`, `key:<id>`), rebuilt when a quota changes.
 #[derive(Clone, Default)]
 pub struct RateLimits {
-    limiters: Arc<Mutex<HashMap<String, (u32, Arc<DefaultDirectRateLimiter>)>>>,
+    limiters: Arc<Mutex<HashMap<String, QuotaLimiter>>>,
 }
 
 impl RateLimits {
