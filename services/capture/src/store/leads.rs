@@ -804,30 +804,10 @@ impl LeadStore {
         .bind(lead_id)
         .fetch_optional(&mut *connection)
         .await?;
-        let Some(LeadRow {
-            data_key,
-            email_sealed: email,
-            phone_sealed: phone,
-            first_name_sealed: first_name,
-            last_name_sealed: last_name,
-            company,
-            source_id,
-            channel,
-            campaign,
-            email_kind,
-            email_role,
-            phone_line_type,
-            country,
-            website,
-            job_title,
-            quality_score,
-            touch_count,
-            erased_at,
-            created_at,
-        }) = row
-        else {
+        let Some(row) = row else {
             return Ok(None);
         };
+        let data_key = row.data_key.clone();
         let owner = lead_id.as_bytes();
         let key = match &data_key {
             Some(wrapped) => Some(
@@ -915,24 +895,24 @@ impl LeadStore {
         }
         Ok(Some(LeadView {
             lead_id,
-            email: open("email", email)?,
-            phone: open("phone", phone)?,
-            first_name: open("first_name", first_name)?,
-            last_name: open("last_name", last_name)?,
-            company,
-            source_id,
-            channel,
-            campaign,
-            email_kind,
-            email_role,
-            phone_line_type,
-            country,
-            website,
-            job_title,
-            quality_score,
-            touch_count,
-            erased: erased_at.is_some(),
-            created_at,
+            email: open("email", row.email_sealed)?,
+            phone: open("phone", row.phone_sealed)?,
+            first_name: open("first_name", row.first_name_sealed)?,
+            last_name: open("last_name", row.last_name_sealed)?,
+            company: row.company,
+            source_id: row.source_id,
+            channel: row.channel,
+            campaign: row.campaign,
+            email_kind: row.email_kind,
+            email_role: row.email_role,
+            phone_line_type: row.phone_line_type,
+            country: row.country,
+            website: row.website,
+            job_title: row.job_title,
+            quality_score: row.quality_score,
+            touch_count: row.touch_count,
+            erased: row.erased_at.is_some(),
+            created_at: row.created_at,
             first_touch: touches.first().cloned(),
             latest_touch: touches.last().cloned(),
             consents,
