@@ -96,6 +96,13 @@ impl FieldViolations {
     }
 }
 
+/// Returns whether `text` has control characters other than line breaks and tabs. Free text
+/// with them is refused: NUL cannot even be stored in Postgres text.
+pub fn has_control_characters(text: &str) -> bool {
+    text.chars()
+        .any(|c| c.is_control() && !matches!(c, '\n' | '\r' | '\t'))
+}
+
 /// Parses a UUID request field, recording a violation when it is missing or malformed.
 pub fn parse_uuid(
     violations: &mut FieldViolations,

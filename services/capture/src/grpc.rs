@@ -424,7 +424,10 @@ impl CaptureService for CaptureApi {
         caller(&request, Scope::Admin)?;
         let request = request.into_inner();
         let mut violations = FieldViolations::new();
-        if request.name.trim().is_empty() || request.name.chars().count() > 200 {
+        if request.name.trim().is_empty()
+            || request.name.chars().count() > 200
+            || request.name.chars().any(char::is_control)
+        {
             violations.reject("name", "REQUIRED", "is required, at most 200 characters");
         }
         let mut scopes = Vec::new();

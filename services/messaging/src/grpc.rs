@@ -2,7 +2,9 @@
 
 use leadflow_platform::events::outbox::Outbox;
 use leadflow_platform::events::types;
-use leadflow_platform::validation::{FieldViolations, parse_uuid, require_uuid};
+use leadflow_platform::validation::{
+    FieldViolations, has_control_characters, parse_uuid, require_uuid,
+};
 use leadflow_proto::events::v1::{InboundKind, MessageChannel, MessageInbound};
 use leadflow_proto::messaging::v1::messaging_service_server::MessagingService;
 use leadflow_proto::messaging::v1::{
@@ -77,6 +79,11 @@ fn parse_inbound(request: &RecordInboundRequest) -> Result<NewInbound, FieldViol
         violations.add(
             "text",
             format!("must be at most {MAX_TEXT_CHARS} characters"),
+        );
+    } else if has_control_characters(&request.text) {
+        violations.add(
+            "text",
+            "must not contain control characters other than line breaks and tabs",
         );
     }
     let key = request.idempotency_key.trim();

@@ -2,7 +2,7 @@
 
 use std::net::IpAddr;
 
-use leadflow_platform::validation::FieldViolations;
+use leadflow_platform::validation::{FieldViolations, has_control_characters};
 use leadflow_proto::capture::v1::{Attribution, ConsentChannel, ConsentInput, LegalBasis};
 use sha2::{Digest, Sha256};
 
@@ -79,6 +79,12 @@ pub fn parse_consent(input: Option<&ConsentInput>) -> Result<Option<Consent>, Fi
             "consent.disclosure_text",
             "TOO_LONG",
             "must be at most 20,000 characters",
+        );
+    } else if has_control_characters(&input.disclosure_text) {
+        violations.reject(
+            "consent.disclosure_text",
+            "CONTROL_CHARACTERS",
+            "must not contain control characters other than line breaks and tabs",
         );
     }
     for (field, value) in [
@@ -211,6 +217,21 @@ mod tests {
             ))
         );
         assert_eq!(parsed.ip_address, Some("203.0.113.7".parse().expect("ip")));
+    }
+
+    #[test]
+    fn disclosure_text_keeps_line_breaks_but_not_other_control_characters() {
+        let multi_line = ConsentInput {
+            disclosure_text: "Line one.\nLine two.\tEnd.".into(),
+            ..consent()
+        };
+        assert!(parse_consent(Some(&multi_line)).is_ok());
+        let with_nul = ConsentInput {
+            disclosure_text: "I agree\0".into(),
+            ..consent()
+        };
+        let violations = parse_consent(Some(&with_nul)).expect_err("nul is refused");
+        assert_eq!(violations.violations()[0].reason, "CONTROL_CHARACTERS");
     }
 
     #[test]
