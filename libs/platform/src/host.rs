@@ -14,6 +14,7 @@ use redis::aio::ConnectionManager;
 use sqlx::PgPool;
 use sqlx::migrate::Migrator;
 use tokio::net::TcpListener;
+use tokio_stream::StreamExt;
 use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
 use tonic::service::RoutesBuilder;
@@ -231,7 +232,15 @@ impl ServiceHost {
             .layer(tower::util::option_layer(auth.map(AuthLayer::new)))
             .add_routes(routes.routes())
             .serve_with_incoming_shutdown(
-                TcpListenerStream::new(self.listener),
+                // tonic ignores `tcp_nodelay` for an incoming stream: without it Nagle holds the
+                // small last write of every answer until the client's delayed ACK (~40 ms).
+                TcpListenerStream::new(self.listener).map(|accepted| {
+                    accepted.inspect(|stream| {
+                        if let Err(err) = stream.set_nodelay(true) {
+                            tracing::warn!(error = %err, "set TCP_NODELAY");
+                        }
+                    })
+                }),
                 stop_accepting.clone().cancelled_owned(),
             );
         tracing::info!(service = self.spec.name, grpc_addr = %self.grpc_addr, "serving");

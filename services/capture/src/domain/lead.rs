@@ -315,7 +315,12 @@ pub fn parse_phone(raw: &str, region: Region) -> Result<Option<Phone>, &'static 
     if trimmed.chars().count() > MAX_PHONE_CHARS {
         return Err("must be at most 32 characters");
     }
-    let number = phonenumber::parse(Some(region), trimmed).map_err(|_| "is not a phone number")?;
+    // A number in international form carries its own country: reading it "in" the default
+    // region makes phonenumber 0.3 strip that region's national prefix from it (+49 151… lost
+    // its 1 when read in the US).
+    let international = trimmed.starts_with('+');
+    let number = phonenumber::parse((!international).then_some(region), trimmed)
+        .map_err(|_| "is not a phone number")?;
     if !number.is_valid() {
         return Err("is not a valid phone number");
     }
@@ -643,6 +648,21 @@ mod tests {
             .unwrap();
         assert_eq!(landline.line_type, Some("fixed_line"));
         assert!(!landline.is_mobile());
+    }
+
+    #[test]
+    fn international_numbers_keep_every_digit_whatever_the_default_region() {
+        for (raw, e164) in [
+            ("+49 151 2345 6789", "+4915123456789"),
+            ("+55 11 91234 5678", "+5511912345678"),
+        ] {
+            let phone = parse_phone(raw, Region::US).unwrap_or_else(|err| panic!("{raw}: {err}"));
+            assert_eq!(
+                phone.map(|phone| phone.e164).as_deref(),
+                Some(e164),
+                "{raw}"
+            );
+        }
     }
 
     #[test]

@@ -1,0 +1,235 @@
+//! Load generators: a closed loop (N clients, back to back) and an open model (a constant
+//! arrival rate, latency measured from each call's *intended* send time, so a stalled server
+//! is not hidden by a generator that waits for it: coordinated-omission correction). Both
+//! are bounded in time and count.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use hdrhistogram::Histogram;
+use tokio::task::JoinSet;
+
+/// One operation of a client: `Ok` when it did what it should.
+pub type OpFuture = Pin<Box<dyn Future<Output = Result<(), String>> + Send>>;
+/// Makes the next operation of client number `client`.
+pub type Op = Arc<dyn Fn(usize) -> OpFuture + Send + Sync>;
+
+/// Longest any one call may take before it counts as an error.
+pub const CALL_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Returns an empty latency histogram in microseconds (1 µs – 60 s, 3 significant digits).
+pub fn histogram() -> Histogram<u64> {
+    match Histogram::new_with_bounds(1, 60_000_000, 3) {
+        Ok(histogram) => histogram,
+        Err(_) => unreachable!("1 µs – 60 s at 3 significant digits is a valid histogram"),
+    }
+}
+
+fn micros(duration: Duration) -> u64 {
+    u64::try_from(duration.as_micros())
+        .unwrap_or(u64::MAX)
+        .max(1)
+}
+
+/// What a closed-loop phase did.
+#[derive(Debug, Clone)]
+pub struct Closed {
+    /// Calls that succeeded and finished inside the window.
+    pub ok: u64,
+    pub errors: u64,
+    pub window: Duration,
+    /// Latency of every successful call, µs.
+    pub latency: Histogram<u64>,
+    pub first_error: Option<String>,
+}
+
+impl Closed {
+    /// Successful calls per second inside the window.
+    pub fn rate(&self) -> f64 {
+        self.ok as f64 / self.window.as_secs_f64()
+    }
+
+    pub fn p(&self, quantile: f64) -> f64 {
+        self.latency.value_at_quantile(quantile) as f64
+    }
+}
+
+/// Runs `clients` tasks calling `op` back to back for `window`; a call finishing after the
+/// window is not counted in the rate (each task stops starting calls at the deadline).
+pub async fn closed_loop(clients: usize, window: Duration, op: Op) -> Closed {
+    let start = Instant::now();
+    let deadline = start + window;
+    let mut tasks = JoinSet::new();
+    for client in 0..clients {
+        let op = op.clone();
+        tasks.spawn(async move {
+            let mut latency = histogram();
+            let (mut ok, mut errors, mut first_error) = (0u64, 0u64, None);
+            // Bounded in count as well as time.
+            for _ in 0..10_000_000u64 {
+                let sent = Instant::now();
+                if sent >= deadline {
+                    break;
+                }
+                let result = tokio::time::timeout(CALL_TIMEOUT, op(client)).await;
+                let done = Instant::now();
+                match result {
+                    Ok(Ok(())) => {
+                        let _recorded = latency.record(micros(done - sent));
+                        if done <= deadline {
+                            ok += 1;
+                        }
+                    }
+                    Ok(Err(err)) => {
+                        errors += 1;
+                        first_error.get_or_insert(err);
+                    }
+                    Err(_) => {
+                        errors += 1;
+                        first_error.get_or_insert_with(|| "call timed out".to_owned());
+                    }
+                }
+            }
+            (ok, errors, first_error, latency)
+        });
+    }
+    let mut total = Closed {
+        ok: 0,
+        errors: 0,
+        window,
+        latency: histogram(),
+        first_error: None,
+    };
+    while let Some(joined) = tasks.join_next().await {
+        match joined {
+            Ok((ok, errors, first_error, latency)) => {
+                total.ok += ok;
+                total.errors += errors;
+                if total.first_error.is_none() {
+                    total.first_error = first_error;
+                }
+                let _added = total.latency.add(&latency);
+            }
+            Err(err) => {
+                total.errors += 1;
+                total
+                    .first_error
+                    .get_or_insert_with(|| format!("client task failed: {err}"));
+            }
+        }
+    }
+    total
+}
+
+/// What an open-model phase did.
+#[derive(Debug, Clone)]
+pub struct Open {
+    pub offered_rate: f64,
+    pub sent: u64,
+    pub ok: u64,
+    pub errors: u64,
+    /// Calls still unanswered at the hard deadline (not in the histograms: any is a failure).
+    pub unfinished: u64,
+    pub duration: Duration,
+    /// From intended send time to answer (coordinated-omission corrected), µs.
+    pub latency: Histogram<u64>,
+    /// From actual send to answer, µs.
+    pub service: Histogram<u64>,
+    /// How late the generator sent, µs.
+    pub lag: Histogram<u64>,
+    pub first_error: Option<String>,
+}
+
+impl Open {
+    /// Answered calls per second over the schedule.
+    pub fn achieved_rate(&self) -> f64 {
+        self.ok as f64 / self.duration.as_secs_f64()
+    }
+}
+
+/// Sends `op` at `rate` per second for `duration` (at most `max_in_flight` at once: a call
+/// waiting for a slot is late, and its lateness counts), then waits up to [`CALL_TIMEOUT`]
+/// for the last answers.
+pub async fn open_loop(rate: f64, duration: Duration, max_in_flight: usize, op: Op) -> Open {
+    let count = (rate * duration.as_secs_f64()).round().max(1.0) as u64;
+    let interval = Duration::from_secs_f64(1.0 / rate.max(0.001));
+    let slots = Arc::new(tokio::sync::Semaphore::new(max_in_flight.max(1)));
+    let start = Instant::now() + Duration::from_millis(20);
+    let mut tasks = JoinSet::new();
+    let mut result = Open {
+        offered_rate: rate,
+        sent: 0,
+        ok: 0,
+        errors: 0,
+        unfinished: 0,
+        duration,
+        latency: histogram(),
+        service: histogram(),
+        lag: histogram(),
+        first_error: None,
+    };
+    for index in 0..count {
+        let intended = start + interval.mul_f64(index as f64);
+        tokio::time::sleep_until(intended.into()).await;
+        let Ok(permit) = slots.clone().acquire_owned().await else {
+            break;
+        };
+        let sent = Instant::now();
+        let _recorded = result
+            .lag
+            .record(micros(sent.saturating_duration_since(intended)));
+        result.sent += 1;
+        let call = op(index as usize);
+        tasks.spawn(async move {
+            let outcome = match tokio::time::timeout(CALL_TIMEOUT, call).await {
+                Ok(outcome) => outcome,
+                Err(_) => Err("call timed out".to_owned()),
+            };
+            let done = Instant::now();
+            drop(permit);
+            (micros(done - intended), micros(done - sent), outcome)
+        });
+        while let Some(joined) = tasks.try_join_next() {
+            absorb(&mut result, joined);
+        }
+    }
+    let hard_deadline = Instant::now() + CALL_TIMEOUT + Duration::from_secs(1);
+    loop {
+        match tokio::time::timeout_at(hard_deadline.into(), tasks.join_next()).await {
+            Ok(Some(joined)) => absorb(&mut result, joined),
+            Ok(None) => break,
+            Err(_) => {
+                result.unfinished = tasks.len() as u64;
+                tasks.abort_all();
+                break;
+            }
+        }
+    }
+    result
+}
+
+type Answer = (u64, u64, Result<(), String>);
+
+fn absorb(result: &mut Open, joined: Result<Answer, tokio::task::JoinError>) {
+    match joined {
+        Ok((intended_us, service_us, outcome)) => {
+            let _recorded = result.latency.record(intended_us);
+            let _recorded = result.service.record(service_us);
+            match outcome {
+                Ok(()) => result.ok += 1,
+                Err(err) => {
+                    result.errors += 1;
+                    result.first_error.get_or_insert(err);
+                }
+            }
+        }
+        Err(err) => {
+            result.errors += 1;
+            result
+                .first_error
+                .get_or_insert_with(|| format!("task failed: {err}"));
+        }
+    }
+}
