@@ -58,6 +58,9 @@ impl From<CaptureError> for Status {
                 "rate limit reached; retry later",
                 tonic_types::ErrorDetails::with_retry_info(Some(wait)),
             ),
+            // The capture use case answers a replay itself; reaching here means the first
+            // answer vanished in between (its lead was erased): the client may retry.
+            CaptureError::Store(StoreError::Replay) => Status::aborted("retry the request"),
             CaptureError::Store(StoreError::FailedPrecondition(why)) => {
                 Status::failed_precondition(why)
             }

@@ -15,7 +15,7 @@ use crate::domain::lead::parse_token;
 use crate::domain::source::SourcePolicy;
 use crate::error::CaptureError;
 use crate::service::{Capturer, Origin};
-use crate::store::{LeadStore, SourceStore, StoreError};
+use crate::store::StoreError;
 
 /// Metadata key of a request's idempotency key.
 pub const IDEMPOTENCY_KEY: &str = "idempotency-key";
@@ -28,8 +28,6 @@ const IMPORT_CONCURRENCY: usize = 8;
 #[derive(Clone)]
 pub struct CaptureApi {
     capturer: Capturer,
-    leads: LeadStore,
-    sources: SourceStore,
     auth: Authenticator,
     key_env: String,
     key_rate_per_minute: u32,
@@ -44,8 +42,6 @@ impl CaptureApi {
         key_rate_per_minute: u32,
     ) -> Self {
         Self {
-            leads: capturer.leads().clone(),
-            sources: capturer.sources().clone(),
             capturer,
             auth,
             key_env,
@@ -244,7 +240,12 @@ impl CaptureService for CaptureApi {
         let lead_id =
             require_uuid("lead_id", &request.get_ref().lead_id).map_err(CaptureError::from)?;
         tracing::Span::current().record("lead_id", tracing::field::display(lead_id));
-        let view = self.leads.get(lead_id).await.map_err(CaptureError::from)?;
+        let view = self
+            .capturer
+            .leads()
+            .get(lead_id)
+            .await
+            .map_err(CaptureError::from)?;
         let view = view.ok_or(CaptureError::Store(StoreError::NotFound))?;
         Ok(Response::new(GetLeadResponse {
             lead: Some(convert::lead(view, caller.has(Scope::PiiRead))),
@@ -279,7 +280,8 @@ impl CaptureService for CaptureApi {
         };
         tracing::Span::current().record("lead_id", tracing::field::display(lead_id));
         let erased_at = self
-            .leads
+            .capturer
+            .leads()
             .erase(lead_id, reason, &caller.key_id)
             .await
             .map_err(CaptureError::from)?;
@@ -318,13 +320,15 @@ impl CaptureService for CaptureApi {
             return Err(Status::invalid_argument("lead_id is required"));
         };
         let source_id = self
-            .leads
+            .capturer
+            .leads()
             .source_of(lead_id)
             .await
             .map_err(CaptureError::from)?;
         let source_id = source_id.ok_or(CaptureError::Store(StoreError::NotFound))?;
         let source = self
-            .sources
+            .capturer
+            .sources()
             .get(&source_id)
             .await
             .map_err(CaptureError::from)?;
@@ -335,7 +339,8 @@ impl CaptureService for CaptureApi {
             .trim_start_matches("RETURN_REASON_")
             .to_lowercase();
         let returned = self
-            .leads
+            .capturer
+            .leads()
             .return_lead(lead_id, &source.policy, &reason_code)
             .await
             .map_err(CaptureError::from)?;
@@ -359,7 +364,8 @@ impl CaptureService for CaptureApi {
             form.form_key = new_form_key();
         }
         let created = self
-            .sources
+            .capturer
+            .sources()
             .create(&policy)
             .await
             .map_err(CaptureError::from)?;
@@ -380,7 +386,8 @@ impl CaptureService for CaptureApi {
         let mut policy = SourcePolicy::parse(&request.source_id, request.settings)
             .map_err(CaptureError::from)?;
         let existing = self
-            .sources
+            .capturer
+            .sources()
             .get(&policy.source_id)
             .await
             .map_err(CaptureError::from)?;
@@ -395,7 +402,8 @@ impl CaptureService for CaptureApi {
                 .unwrap_or_else(new_form_key);
         }
         let updated = self
-            .sources
+            .capturer
+            .sources()
             .update(&policy)
             .await
             .map_err(CaptureError::from)?;
@@ -411,7 +419,12 @@ impl CaptureService for CaptureApi {
         request: Request<ListSourcesRequest>,
     ) -> Result<Response<ListSourcesResponse>, Status> {
         caller(&request, Scope::Admin)?;
-        let sources = self.sources.list().await.map_err(CaptureError::from)?;
+        let sources = self
+            .capturer
+            .sources()
+            .list()
+            .await
+            .map_err(CaptureError::from)?;
         Ok(Response::new(ListSourcesResponse {
             sources: sources.into_iter().map(convert::source).collect(),
         }))

@@ -558,7 +558,10 @@ fn failure(
             answer
         }
         CaptureError::Store(
-            StoreError::NotFound | StoreError::FailedPrecondition(_) | StoreError::Internal(_),
+            StoreError::NotFound
+            | StoreError::FailedPrecondition(_)
+            | StoreError::Replay
+            | StoreError::Internal(_),
         )
         | CaptureError::Internal(_) => {
             tracing::error!(source = %source_id, error = format!("{err:#}"), "web form capture failed");

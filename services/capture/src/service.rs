@@ -138,7 +138,7 @@ impl Capturer {
                 tracing::info!(lead_id = %captured.lead.lead_id, source = %source.source_id, outcome = ?captured.outcome, "lead captured");
                 Ok(response(&captured, unmask))
             }
-            Err(StoreError::FailedPrecondition(why)) if why == "replay" => {
+            Err(StoreError::Replay) => {
                 // A concurrent first request with this key committed first: answer as it did.
                 let idempotency = idempotency
                     .as_ref()

@@ -13,7 +13,6 @@
 //! | [`INSERT_LEAD`]      | `LeadStore::insert_lead`                                       |
 //! | [`INSERT_OUTBOX`]    | `Outbox::add` (libs/platform/src/events/outbox.rs), from `insert_lead` |
 //! | [`INSERT_TOUCH`]     | `LeadStore::insert_touch`                                      |
-//! | [`SELECT_DATA_KEY`]  | `LeadStore::data_key`                                          |
 //! | [`INSERT_CONSENT`]   | `LeadStore::insert_consent`                                    |
 //! | [`SELECT_VIEW_LEAD`], [`SELECT_VIEW_TOUCHES`], [`SELECT_VIEW_CONSENTS`] | `LeadStore::view` |
 //! | `COMMIT`             | `capture_once`: `tx.commit()`                                  |
@@ -73,9 +72,6 @@ pub const INSERT_OUTBOX: &str =
 pub const INSERT_TOUCH: &str = "INSERT INTO capture.touches (touch_id, lead_id, source_id, channel, campaign, utm_source, utm_medium, \
                utm_campaign, utm_term, utm_content, gclid, fbclid, referrer, landing_page) \
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)";
-
-/// `LeadStore::data_key`.
-pub const SELECT_DATA_KEY: &str = "SELECT data_key FROM capture.leads WHERE lead_id = $1";
 
 /// `LeadStore::insert_consent`.
 pub const INSERT_CONSENT: &str = "INSERT INTO capture.consents (consent_id, lead_id, channels, disclosure_text, disclosure_sha256, \
@@ -322,11 +318,6 @@ pub async fn capture_new_lead(
         .bind(&attribution.landing_page)
         .execute(&mut *tx)
         .await?;
-    // data_key.
-    let _data_key = sqlx::query(SELECT_DATA_KEY)
-        .bind(capture.lead_id)
-        .fetch_one(&mut *tx)
-        .await?;
     // insert_consent.
     sqlx::query(INSERT_CONSENT)
         .bind(capture.consent_id)
@@ -523,7 +514,6 @@ mod tests {
             ("INSERT_LEAD", INSERT_LEAD, &leads),
             ("INSERT_OUTBOX", INSERT_OUTBOX, &outbox),
             ("INSERT_TOUCH", INSERT_TOUCH, &leads),
-            ("SELECT_DATA_KEY", SELECT_DATA_KEY, &leads),
             ("INSERT_CONSENT", INSERT_CONSENT, &leads),
             ("SELECT_VIEW_LEAD", SELECT_VIEW_LEAD, &leads),
             ("SELECT_VIEW_TOUCHES", SELECT_VIEW_TOUCHES, &leads),

@@ -530,17 +530,32 @@ fn is_nogroup(err: &anyhow::Error) -> bool {
     })
 }
 
-/// Exponential backoff between failed reads, 100 ms up to 5 s.
-#[derive(Default)]
+/// Exponential backoff with jitter between failed reads, 100 ms up to 5 s (backon).
 struct Backoff {
-    failures: u32,
+    delays: backon::ExponentialBackoff,
+}
+
+impl Default for Backoff {
+    fn default() -> Self {
+        Self {
+            delays: Self::delays(),
+        }
+    }
 }
 
 impl Backoff {
+    fn delays() -> backon::ExponentialBackoff {
+        use backon::BackoffBuilder;
+        backon::ExponentialBuilder::default()
+            .with_min_delay(Duration::from_millis(100))
+            .with_max_delay(Duration::from_secs(5))
+            .with_jitter()
+            .without_max_times()
+            .build()
+    }
+
     async fn wait(&mut self, stop: &CancellationToken) {
-        let delay =
-            Duration::from_millis(100 * 2u64.pow(self.failures.min(6))).min(Duration::from_secs(5));
-        self.failures += 1;
+        let delay = self.delays.next().unwrap_or(Duration::from_secs(5));
         tokio::select! {
             () = stop.cancelled() => {}
             () = tokio::time::sleep(delay) => {}
@@ -548,6 +563,6 @@ impl Backoff {
     }
 
     fn reset(&mut self) {
-        self.failures = 0;
+        self.delays = Self::delays();
     }
 }

@@ -46,6 +46,10 @@ pub enum StoreError {
     /// No such lead (or it was erased, for operations that need its data).
     #[error("lead not found")]
     NotFound,
+    /// A concurrent first request with the same idempotency key committed first: answer with
+    /// its stored response.
+    #[error("answered by the first request with this idempotency key")]
+    Replay,
     /// The operation is not allowed in the lead's state.
     #[error("{0}")]
     FailedPrecondition(String),
@@ -385,7 +389,7 @@ impl LeadStore {
             .await?;
             if claimed.rows_affected() == 0 {
                 tx.rollback().await?;
-                return Err(StoreError::FailedPrecondition("replay".to_owned()));
+                return Err(StoreError::Replay);
             }
         }
         let known: Vec<Known> = sqlx::query_as(
@@ -398,12 +402,13 @@ impl LeadStore {
         .bind(phone_bidx)
         .fetch_all(&mut *tx)
         .await?;
-        let (outcome, lead_id) = match known.first() {
-            None => (
-                Outcome::Created,
-                self.insert_lead(&mut tx, source, request, email_bidx, phone_bidx)
-                    .await?,
-            ),
+        let (outcome, lead_id, key) = match known.first() {
+            None => {
+                let (lead_id, key) = self
+                    .insert_lead(&mut tx, source, request, email_bidx, phone_bidx)
+                    .await?;
+                (Outcome::Created, lead_id, key)
+            }
             Some(existing) => {
                 if let Dedupe::RejectWithin(window) = source.dedupe
                     && existing.last_captured_at > Utc::now() - window
@@ -413,20 +418,20 @@ impl LeadStore {
                 }
                 // A phone that belongs to another lead stays there (see #4: review queue).
                 let phone_free = known.len() == 1;
-                self.merge(
-                    &mut tx,
-                    source,
-                    request,
-                    existing,
-                    email_bidx,
-                    phone_bidx.filter(|_| phone_free),
-                )
-                .await?;
-                (Outcome::Merged, existing.lead_id)
+                let key = self
+                    .merge(
+                        &mut tx,
+                        source,
+                        request,
+                        existing,
+                        email_bidx,
+                        phone_bidx.filter(|_| phone_free),
+                    )
+                    .await?;
+                (Outcome::Merged, existing.lead_id, key)
             }
         };
         self.insert_touch(&mut tx, lead_id, source, request).await?;
-        let key = self.data_key(&mut tx, lead_id).await?;
         if let Some(consent) = &request.consent {
             self.insert_consent(&mut tx, lead_id, &key, consent).await?;
         }
@@ -465,7 +470,7 @@ impl LeadStore {
         request: &CaptureRequest,
         email_bidx: Option<&[u8]>,
         phone_bidx: Option<&[u8]>,
-    ) -> Result<Uuid, StoreError> {
+    ) -> Result<(Uuid, DataKey), StoreError> {
         let lead = &request.lead;
         let lead_id = Uuid::now_v7();
         let owner = lead_id.as_bytes();
@@ -505,7 +510,7 @@ impl LeadStore {
         self.outbox
             .add(tx, types::LEAD_CAPTURED, lead_id, &event)
             .await?;
-        Ok(lead_id)
+        Ok((lead_id, key))
     }
 
     /// Merges a re-capture into a known lead: first touch kept, empty fields filled.
@@ -517,7 +522,7 @@ impl LeadStore {
         existing: &Known,
         email_bidx: Option<&[u8]>,
         phone_bidx: Option<&[u8]>,
-    ) -> Result<(), StoreError> {
+    ) -> Result<DataKey, StoreError> {
         let lead = &request.lead;
         let lead_id = existing.lead_id;
         let owner = lead_id.as_bytes();
@@ -556,7 +561,7 @@ impl LeadStore {
         }
         let seal =
             |field: &str, text: &str| key.seal_text(owner, field, text).context("seal field");
-        sqlx::query(
+        let (touch_count,): (i32,) = sqlx::query_as(
             "UPDATE capture.leads SET \
                email_bidx = CASE WHEN $2 THEN $3 ELSE email_bidx END, \
                email_sealed = CASE WHEN $2 THEN $4 ELSE email_sealed END, \
@@ -574,7 +579,7 @@ impl LeadStore {
                job_title = CASE WHEN job_title = '' THEN $17 ELSE job_title END, \
                quality_score = GREATEST(quality_score, $18), \
                touch_count = touch_count + 1, last_captured_at = now(), updated_at = now() \
-             WHERE lead_id = $1",
+             WHERE lead_id = $1 RETURNING touch_count",
         )
         .bind(lead_id)
         .bind(fill_email)
@@ -614,14 +619,9 @@ impl LeadStore {
         .bind(&lead.website)
         .bind(&lead.job_title)
         .bind(lead.quality_score())
-        .execute(&mut *tx)
+        .fetch_one(&mut *tx)
         .await
         .context("merge into lead")?;
-        let (touch_count,): (i32,) =
-            sqlx::query_as("SELECT touch_count FROM capture.leads WHERE lead_id = $1")
-                .bind(lead_id)
-                .fetch_one(&mut *tx)
-                .await?;
         let event = LeadMerged {
             lead_id: lead_id.to_string(),
             source: source.source_id.clone(),
@@ -634,7 +634,7 @@ impl LeadStore {
             .add(tx, event_types::LEAD_MERGED, lead_id, &event)
             .await?;
         tracing::info!(lead_id = %lead_id, first_source = %existing.source_id, "capture merged into known lead");
-        Ok(())
+        Ok(key)
     }
 
     async fn insert_touch(
@@ -703,19 +703,6 @@ impl LeadStore {
         .await
         .context("insert consent")?;
         Ok(())
-    }
-
-    async fn data_key(&self, tx: &mut PgConnection, lead_id: Uuid) -> Result<DataKey, StoreError> {
-        let (wrapped,): (Option<Vec<u8>>,) =
-            sqlx::query_as("SELECT data_key FROM capture.leads WHERE lead_id = $1")
-                .bind(lead_id)
-                .fetch_one(&mut *tx)
-                .await?;
-        let wrapped = wrapped.ok_or(StoreError::NotFound)?;
-        Ok(self
-            .keyring
-            .unwrap_data_key(lead_id.as_bytes(), &wrapped)
-            .context("unwrap data key")?)
     }
 
     fn captured_event(&self, lead_id: Uuid, request: &CaptureRequest) -> LeadCaptured {
