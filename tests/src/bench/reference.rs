@@ -61,8 +61,10 @@ pub const SELECT_KNOWN: &str = "SELECT lead_id, source_id, data_key, email_bidx,
 /// `LeadStore::insert_lead`.
 pub const INSERT_LEAD: &str = "INSERT INTO capture.leads (lead_id, source_id, channel, campaign, data_key, email_bidx, phone_bidx, \
                email_sealed, phone_sealed, first_name_sealed, last_name_sealed, email_kind, email_role, phone_region, \
-               phone_line_type, company, country, website, job_title, quality_score) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20)";
+               phone_line_type, company, country, website, job_title, quality_score, email_digest, phone_digest, \
+               merged_into, merged_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, \
+               $23, CASE WHEN $23::uuid IS NULL THEN NULL ELSE now() END)";
 
 /// `Outbox::add` with schema `capture`.
 pub const INSERT_OUTBOX: &str =
@@ -290,6 +292,9 @@ pub async fn capture_new_lead(
         .bind(&normalized.website)
         .bind(&normalized.job_title)
         .bind(normalized.quality_score)
+        .bind(&capture.email_bidx)
+        .bind(&capture.phone_bidx)
+        .bind(None::<Uuid>)
         .execute(&mut *tx)
         .await?;
     // insert_lead → Outbox::add.
@@ -355,7 +360,7 @@ pub async fn capture_new_lead(
 /// The columns `insert_lead` writes.
 pub const COPY_LEADS: &str = "COPY capture.leads (lead_id, source_id, channel, campaign, data_key, email_bidx, phone_bidx, \
      email_sealed, phone_sealed, first_name_sealed, last_name_sealed, email_kind, email_role, phone_region, \
-     phone_line_type, company, country, website, job_title, quality_score) FROM STDIN";
+     phone_line_type, company, country, website, job_title, quality_score, email_digest, phone_digest) FROM STDIN";
 
 /// Appends `text` escaped for COPY's text format.
 fn copy_text(out: &mut String, text: &str) {
@@ -394,19 +399,13 @@ pub fn copy_line(out: &mut String, material: &Material, lead: &Lead) {
     out.push('\t');
     copy_bytes(out, Some(&material.bytes(&mut rng, WRAPPED_KEY_LEN)));
     out.push('\t');
-    copy_bytes(
-        out,
-        Some(&material.keyring.blind_index("email", &normalized.email)),
-    );
+    let email_bidx = material.keyring.blind_index("email", &normalized.email);
+    let phone_bidx = material
+        .keyring
+        .blind_index("phone", &normalized.phone_e164);
+    copy_bytes(out, Some(&email_bidx));
     out.push('\t');
-    copy_bytes(
-        out,
-        Some(
-            &material
-                .keyring
-                .blind_index("phone", &normalized.phone_e164),
-        ),
-    );
+    copy_bytes(out, Some(&phone_bidx));
     for text in [
         &normalized.email,
         &normalized.phone_e164,
@@ -428,7 +427,11 @@ pub fn copy_line(out: &mut String, material: &Material, lead: &Lead) {
     copy_text(out, &normalized.website);
     out.push('\t');
     copy_text(out, &normalized.job_title);
-    let _infallible = writeln!(out, "\t{}", normalized.quality_score);
+    let _infallible = write!(out, "\t{}\t", normalized.quality_score);
+    copy_bytes(out, Some(&email_bidx));
+    out.push('\t');
+    copy_bytes(out, Some(&phone_bidx));
+    out.push('\n');
 }
 
 /// Writes `rows` already-normalized leads (numbers from 0) as COPY text to `path`, before any

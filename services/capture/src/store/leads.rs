@@ -178,6 +178,30 @@ struct Known {
     last_captured_at: DateTime<Utc>,
 }
 
+/// How a capture's row is inserted: its identities, which of them it claims, and the lead it
+/// is merged into when it is a record.
+#[derive(Debug, Clone, Copy)]
+struct NewRow<'a> {
+    email_digest: Option<&'a [u8]>,
+    phone_digest: Option<&'a [u8]>,
+    claim_email: bool,
+    claim_phone: bool,
+    merged_into: Option<Uuid>,
+}
+
+impl<'a> NewRow<'a> {
+    /// A new lead claiming every identity it has.
+    fn lead(email: Option<&'a [u8]>, phone: Option<&'a [u8]>) -> Self {
+        Self {
+            email_digest: email,
+            phone_digest: phone,
+            claim_email: true,
+            claim_phone: true,
+            merged_into: None,
+        }
+    }
+}
+
 /// An idempotent answer: request hash, lead, sealed response, the lead's wrapped data key.
 type ReplayRow = (Vec<u8>, Option<Uuid>, Option<Vec<u8>>, Option<Vec<u8>>);
 /// What erasure reads first: blind indexes and whether it is already erased.
@@ -405,7 +429,12 @@ impl LeadStore {
         let (outcome, lead_id, key) = match known.first() {
             None => {
                 let (lead_id, key) = self
-                    .insert_lead(&mut tx, source, request, email_bidx, phone_bidx)
+                    .insert_lead(
+                        &mut tx,
+                        source,
+                        request,
+                        NewRow::lead(email_bidx, phone_bidx),
+                    )
                     .await?;
                 (Outcome::Created, lead_id, key)
             }
@@ -463,13 +492,14 @@ impl LeadStore {
         Ok(captured)
     }
 
+    /// Inserts a capture as a row of its own under a new data key: a new lead claiming the
+    /// identities in `row`, or a record merged into `row.merged_into` claiming none.
     async fn insert_lead(
         &self,
         tx: &mut PgConnection,
         source: &SourcePolicy,
         request: &CaptureRequest,
-        email_bidx: Option<&[u8]>,
-        phone_bidx: Option<&[u8]>,
+        row: NewRow<'_>,
     ) -> Result<(Uuid, DataKey), StoreError> {
         let lead = &request.lead;
         let lead_id = Uuid::now_v7();
@@ -480,16 +510,18 @@ impl LeadStore {
         sqlx::query(
             "INSERT INTO capture.leads (lead_id, source_id, channel, campaign, data_key, email_bidx, phone_bidx, \
                email_sealed, phone_sealed, first_name_sealed, last_name_sealed, email_kind, email_role, phone_region, \
-               phone_line_type, company, country, website, job_title, quality_score) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20)",
+               phone_line_type, company, country, website, job_title, quality_score, email_digest, phone_digest, \
+               merged_into, merged_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, \
+               $23, CASE WHEN $23::uuid IS NULL THEN NULL ELSE now() END)",
         )
         .bind(lead_id)
         .bind(&source.source_id)
         .bind(&lead.channel)
         .bind(&lead.campaign)
         .bind(wrapped)
-        .bind(email_bidx)
-        .bind(phone_bidx)
+        .bind(row.email_digest.filter(|_| row.claim_email))
+        .bind(row.phone_digest.filter(|_| row.claim_phone))
         .bind(seal("email", lead.email.as_ref().map_or("", |email| &email.address))?)
         .bind(seal("phone", lead.phone.as_ref().map_or("", |phone| &phone.e164))?)
         .bind(seal("first_name", &lead.first_name)?)
@@ -503,13 +535,18 @@ impl LeadStore {
         .bind(&lead.website)
         .bind(&lead.job_title)
         .bind(lead.quality_score())
+        .bind(row.email_digest)
+        .bind(row.phone_digest)
+        .bind(row.merged_into)
         .execute(&mut *tx)
         .await
         .context("insert lead")?;
-        let event = self.captured_event(lead_id, request);
-        self.outbox
-            .add(tx, types::LEAD_CAPTURED, lead_id, &event)
-            .await?;
+        if row.merged_into.is_none() {
+            let event = self.captured_event(lead_id, request);
+            self.outbox
+                .add(tx, types::LEAD_CAPTURED, lead_id, &event)
+                .await?;
+        }
         Ok((lead_id, key))
     }
 
