@@ -53,6 +53,9 @@ impl From<CaptureError> for Status {
                 violations.into_status("request rejected")
             }
             CaptureError::Store(StoreError::NotFound) => Status::not_found("lead not found"),
+            CaptureError::Store(StoreError::Missing(what)) => {
+                Status::not_found(format!("{what} not found"))
+            }
             CaptureError::RateLimited(wait) => Status::with_error_details(
                 tonic::Code::ResourceExhausted,
                 "rate limit reached; retry later",

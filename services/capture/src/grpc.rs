@@ -16,6 +16,7 @@ use crate::domain::source::SourcePolicy;
 use crate::error::CaptureError;
 use crate::service::{Capturer, Origin};
 use crate::store::StoreError;
+use crate::store::leads::Resolution;
 
 /// Metadata key of a request's idempotency key.
 pub const IDEMPOTENCY_KEY: &str = "idempotency-key";
@@ -87,9 +88,11 @@ async fn import_row(
         Ok(answer) => {
             result.outcome = match answer.outcome() {
                 CaptureOutcome::Merged => ImportOutcome::Merged,
+                CaptureOutcome::InReview => ImportOutcome::InReview,
                 _ => ImportOutcome::Accepted,
             }
             .into();
+            result.review_id = answer.review_id;
             result.lead_id = answer.lead.map(|lead| lead.lead_id).unwrap_or_default();
         }
         Err(CaptureError::Rejected(violations)) => {
@@ -115,6 +118,33 @@ async fn import_row(
         }
     }
     result
+}
+
+/// Checks a page size: 1–500, 0 meaning 50.
+fn page_size(violations: &mut FieldViolations, requested: i32) -> i32 {
+    if !(0..=500).contains(&requested) {
+        violations.reject("page_size", "OUT_OF_RANGE", "must be 1 to 500 (0 for 50)");
+    }
+    if requested <= 0 {
+        50
+    } else {
+        requested.min(500)
+    }
+}
+
+/// Parses a page token: empty for the first page, else the id the previous page ended at.
+fn page_token(violations: &mut FieldViolations, token: &str) -> Option<uuid::Uuid> {
+    match token.trim() {
+        "" => None,
+        token => uuid::Uuid::parse_str(token).map(Some).unwrap_or_else(|_| {
+            violations.reject(
+                "page_token",
+                "INVALID",
+                "is not a token from a previous page",
+            );
+            None
+        }),
+    }
 }
 
 fn caller<T>(request: &Request<T>, scope: Scope) -> Result<Caller, Status> {
@@ -189,28 +219,11 @@ impl CaptureService for CaptureApi {
         let request = request.into_inner();
         let mut violations = FieldViolations::new();
         let source = parse_token(&mut violations, "source", &request.source, false);
-        if !(0..=500).contains(&request.page_size) {
-            violations.reject("page_size", "OUT_OF_RANGE", "must be 1 to 500 (0 for 50)");
-        }
-        let after = match request.page_token.trim() {
-            "" => None,
-            token => uuid::Uuid::parse_str(token).map(Some).unwrap_or_else(|_| {
-                violations.reject(
-                    "page_token",
-                    "INVALID",
-                    "is not a token from a previous page",
-                );
-                None
-            }),
-        };
+        let page_size = page_size(&mut violations, request.page_size);
+        let after = page_token(&mut violations, &request.page_token);
         if !violations.is_empty() {
             return Err(violations.into_status("request rejected"));
         }
-        let page_size = if request.page_size == 0 {
-            50
-        } else {
-            request.page_size
-        };
         let (leads, next) = self
             .capturer
             .leads()
@@ -349,6 +362,117 @@ impl CaptureService for CaptureApi {
             returned_at: Some(convert::timestamp(returned.returned_at)),
             credit_micros: returned.credit_micros,
             currency: returned.currency,
+        }))
+    }
+
+    #[tracing::instrument(skip_all)]
+    async fn list_merge_reviews(
+        &self,
+        request: Request<ListMergeReviewsRequest>,
+    ) -> Result<Response<ListMergeReviewsResponse>, Status> {
+        caller(&request, Scope::Admin)?;
+        let request = request.into_inner();
+        let mut violations = FieldViolations::new();
+        let status = match MergeReviewStatus::try_from(request.status) {
+            Ok(status) => convert::review_status_name(status).unwrap_or("pending"),
+            Err(_) => {
+                violations.reject(
+                    "status",
+                    "INVALID",
+                    "must be PENDING, MERGED, KEPT_SEPARATE or DISCARDED",
+                );
+                "pending"
+            }
+        };
+        let page_size = page_size(&mut violations, request.page_size);
+        let after = page_token(&mut violations, &request.page_token);
+        if !violations.is_empty() {
+            return Err(violations.into_status("request rejected"));
+        }
+        let (reviews, next) = self
+            .capturer
+            .leads()
+            .list_reviews(status, page_size, after)
+            .await
+            .map_err(CaptureError::from)?;
+        Ok(Response::new(ListMergeReviewsResponse {
+            reviews: reviews.into_iter().map(convert::merge_review).collect(),
+            next_page_token: next.map(|id| id.to_string()).unwrap_or_default(),
+        }))
+    }
+
+    #[tracing::instrument(skip_all, fields(review_id))]
+    async fn resolve_merge_review(
+        &self,
+        request: Request<ResolveMergeReviewRequest>,
+    ) -> Result<Response<ResolveMergeReviewResponse>, Status> {
+        let caller = caller(&request, Scope::Admin)?;
+        let request = request.into_inner();
+        let mut violations = FieldViolations::new();
+        let review_id = leadflow_platform::validation::parse_uuid(
+            &mut violations,
+            "review_id",
+            &request.review_id,
+        );
+        let resolution = match MergeResolution::try_from(request.resolution) {
+            Ok(MergeResolution::Merge) => Some(Resolution::Merge),
+            Ok(MergeResolution::KeepSeparate) => Some(Resolution::KeepSeparate),
+            Ok(MergeResolution::Discard) => Some(Resolution::Discard),
+            Ok(MergeResolution::Unspecified) | Err(_) => {
+                violations.reject(
+                    "resolution",
+                    "REQUIRED",
+                    "must be MERGE, KEEP_SEPARATE or DISCARD",
+                );
+                None
+            }
+        };
+        let note = request.note.trim();
+        if note.chars().count() > 500 || leadflow_platform::validation::has_control_characters(note)
+        {
+            violations.reject(
+                "note",
+                "INVALID",
+                "must be at most 500 printable characters",
+            );
+        }
+        let (Some(review_id), Some(resolution)) = (review_id, resolution) else {
+            return Err(violations.into_status("request rejected"));
+        };
+        if !violations.is_empty() {
+            return Err(violations.into_status("request rejected"));
+        }
+        tracing::Span::current().record("review_id", tracing::field::display(review_id));
+        let resolved = self
+            .capturer
+            .resolve_review(&caller.key_id, review_id, resolution, note)
+            .await?;
+        let unmask = caller.has(Scope::PiiRead);
+        Ok(Response::new(ResolveMergeReviewResponse {
+            review: Some(convert::merge_review(resolved.review)),
+            lead: resolved.lead.map(|view| convert::lead(view, unmask)),
+        }))
+    }
+
+    #[tracing::instrument(skip_all, fields(merge_id))]
+    async fn unmerge_lead(
+        &self,
+        request: Request<UnmergeLeadRequest>,
+    ) -> Result<Response<UnmergeLeadResponse>, Status> {
+        let caller = caller(&request, Scope::Admin)?;
+        let merge_id =
+            require_uuid("merge_id", &request.get_ref().merge_id).map_err(CaptureError::from)?;
+        tracing::Span::current().record("merge_id", tracing::field::display(merge_id));
+        let (lead, restored) = self
+            .capturer
+            .leads()
+            .unmerge(merge_id, &caller.key_id)
+            .await
+            .map_err(CaptureError::from)?;
+        let unmask = caller.has(Scope::PiiRead);
+        Ok(Response::new(UnmergeLeadResponse {
+            lead: Some(convert::lead(lead, unmask)),
+            restored: Some(convert::lead(restored, unmask)),
         }))
     }
 

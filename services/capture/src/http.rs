@@ -486,9 +486,15 @@ impl WebForms {
             Ok(answer) => {
                 let outcome = match answer.outcome() {
                     CaptureOutcome::Merged => "merged",
+                    CaptureOutcome::InReview => "in_review",
                     _ => "created",
                 };
-                let lead_id = answer.lead.map(|lead| lead.lead_id).unwrap_or_default();
+                // A held capture names no lead: the lead it matched stays private here.
+                let lead_id = answer
+                    .lead
+                    .filter(|_| outcome != "in_review")
+                    .map(|lead| lead.lead_id)
+                    .unwrap_or_default();
                 tracing::info!(source = %source_id, outcome, lead_id = %lead_id, "web form post");
                 accepted(kind, form, &lead_id, outcome)
             }
@@ -559,6 +565,7 @@ fn failure(
         }
         CaptureError::Store(
             StoreError::NotFound
+            | StoreError::Missing(_)
             | StoreError::FailedPrecondition(_)
             | StoreError::Replay
             | StoreError::Internal(_),

@@ -8,6 +8,7 @@ use leadflow_proto::capture::v1::{CaptureLeadRequest, CaptureLeadResponse, Captu
 use leadflow_proto::events::v1::RejectionReason;
 use prost::Message;
 use sha2::{Digest, Sha256};
+use uuid::Uuid;
 
 use crate::domain::evidence::{parse_attribution, parse_consent};
 use crate::domain::lead::{NewLead, NormalizeConfig, parse_token};
@@ -15,7 +16,7 @@ use crate::domain::source::SourcePolicy;
 use crate::error::CaptureError;
 use crate::grpc::convert;
 use crate::limits::RateLimits;
-use crate::store::leads::Idempotency;
+use crate::store::leads::{Idempotency, Resolution, Resolved};
 use crate::store::{CaptureRequest, Captured, LeadStore, Outcome, SourceStore, StoreError};
 
 /// Who captures: the API key id (or `form:<source>` for web forms) and whether they may see
@@ -38,13 +39,15 @@ pub struct Capturer {
 }
 
 fn response(captured: &Captured, unmask: bool) -> CaptureLeadResponse {
+    let (outcome, review_id) = match captured.outcome {
+        Outcome::Created => (CaptureOutcome::Created, String::new()),
+        Outcome::Merged => (CaptureOutcome::Merged, String::new()),
+        Outcome::InReview(review_id) => (CaptureOutcome::InReview, review_id.to_string()),
+    };
     CaptureLeadResponse {
         lead: Some(convert::lead(captured.lead.clone(), unmask)),
-        outcome: match captured.outcome {
-            Outcome::Created => CaptureOutcome::Created,
-            Outcome::Merged => CaptureOutcome::Merged,
-        }
-        .into(),
+        outcome: outcome.into(),
+        review_id,
     }
 }
 
@@ -112,7 +115,7 @@ impl Capturer {
                 )
                 .map_err(CaptureError::RateLimited)?;
         }
-        let (source, capture) = match self.parse(request).await {
+        let (source, mut capture) = match self.parse(request).await {
             Ok(parsed) => parsed,
             Err(CaptureError::Rejected(violations)) => {
                 self.record_rejection(request, &violations).await;
@@ -120,6 +123,7 @@ impl Capturer {
             }
             Err(err) => return Err(err),
         };
+        capture.caller = origin.caller.clone();
         if rate_limited {
             let per_minute =
                 u32::try_from(source.settings.rate_limit_per_minute).unwrap_or_default();
@@ -148,6 +152,53 @@ impl Capturer {
             }
             Err(err) => Err(err.into()),
         }
+    }
+
+    /// Decides a held capture; merging it or keeping it parses it again against its source,
+    /// whose rules it must still pass.
+    pub async fn resolve_review(
+        &self,
+        caller: &str,
+        review_id: Uuid,
+        resolution: Resolution,
+        note: &str,
+    ) -> Result<Resolved, CaptureError> {
+        let review = self
+            .leads
+            .review(review_id)
+            .await?
+            .ok_or(StoreError::Missing("merge review"))?;
+        let held = match &review.request {
+            Some(raw) if review.status == "pending" && resolution != Resolution::Discard => {
+                let request = CaptureLeadRequest::decode(raw.as_slice())
+                    .map_err(|err| anyhow::anyhow!("decode held request: {err}"))?;
+                match self.parse(&request).await {
+                    Ok((source, mut capture)) => {
+                        capture.caller = review.caller.clone();
+                        Some((source, capture))
+                    }
+                    Err(CaptureError::Rejected(violations)) => {
+                        let reasons: Vec<String> = violations
+                            .violations()
+                            .iter()
+                            .map(|violation| format!("{}: {}", violation.field, violation.reason))
+                            .collect();
+                        return Err(StoreError::FailedPrecondition(format!(
+                            "the held capture no longer passes its source's rules ({}); discard it",
+                            reasons.join(", ")
+                        ))
+                        .into());
+                    }
+                    Err(err) => return Err(err),
+                }
+            }
+            _ => None,
+        };
+        let held = held.as_ref().map(|(source, capture)| (source, capture));
+        Ok(self
+            .leads
+            .resolve(review_id, resolution, caller, note, held)
+            .await?)
     }
 
     async fn record_rejection(&self, request: &CaptureLeadRequest, violations: &FieldViolations) {
@@ -223,6 +274,8 @@ impl Capturer {
                 lead,
                 attribution,
                 consent,
+                raw: request.encode_to_vec(),
+                caller: String::new(),
             },
         ))
     }

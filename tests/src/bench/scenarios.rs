@@ -952,7 +952,8 @@ async fn import_round(
                         import.results += 1;
                         match result.outcome() {
                             ImportOutcome::Accepted => import.accepted += 1,
-                            ImportOutcome::Merged => import.merged += 1,
+                            // Held for review: a known person too.
+                            ImportOutcome::Merged | ImportOutcome::InReview => import.merged += 1,
                             ImportOutcome::Rejected => import.rejected += 1,
                             ImportOutcome::Duplicate => import.duplicate += 1,
                             ImportOutcome::Failed | ImportOutcome::Unspecified => {

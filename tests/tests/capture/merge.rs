@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use leadflow_e2e::{Suite, WEBSITE_SOURCE};
 use leadflow_proto::capture::v1::{
     Attribution, CaptureLeadRequest, CaptureOutcome, DedupeMode, DedupePolicy, GetLeadRequest,
-    LeadInput, SourceKind, SourceSettings,
+    LeadInput, MergeKind, SourceKind, SourceSettings,
 };
 use leadflow_proto::events::v1::LeadMerged;
 use tonic::Code;
@@ -154,9 +154,31 @@ async fn a_recapture_in_another_format_merges_into_the_same_lead() -> anyhow::Re
 
     let mut db = suite.env.connect().await?;
     assert_eq!(
-        count(&mut db, "SELECT count(*) FROM capture.leads").await?,
-        1
+        count(
+            &mut db,
+            "SELECT count(*) FROM capture.leads WHERE merged_into IS NULL"
+        )
+        .await?,
+        1,
+        "one lead"
     );
+    assert_eq!(
+        count(
+            &mut db,
+            "SELECT count(*) FROM capture.leads WHERE merged_into IS NOT NULL"
+        )
+        .await?,
+        1,
+        "the re-capture kept as the lead's record"
+    );
+    let [lineage] = merged.merges.as_slice() else {
+        anyhow::bail!("one merge in the lineage: {:?}", merged.merges);
+    };
+    assert_eq!(lineage.lead_id, created.lead_id);
+    assert_eq!(lineage.kind(), MergeKind::Capture);
+    assert_eq!(lineage.source, WEBSITE_SOURCE);
+    assert_eq!(lineage.fields_filled, vec!["company".to_owned()]);
+    assert!(lineage.unmerged_at.is_none() && lineage.review_id.is_empty());
     assert_eq!(
         count(&mut db, "SELECT count(*) FROM capture.touches").await?,
         2
@@ -177,6 +199,12 @@ async fn a_recapture_in_another_format_merges_into_the_same_lead() -> anyhow::Re
         "and nothing else was empty"
     );
     assert_eq!(event.touch_count, 2);
+    assert_eq!(
+        event.merge_id, lineage.merge_id,
+        "the event names the merge"
+    );
+    assert_eq!(event.merged_lead_id, lineage.merged_lead_id);
+    assert!(!event.merged_lead_was_lead);
     assert_eq!(
         (
             event.source.as_str(),
@@ -335,7 +363,9 @@ async fn sixty_four_concurrent_captures_of_one_person_make_one_lead() -> anyhow:
             match response.outcome() {
                 CaptureOutcome::Created => created += 1,
                 CaptureOutcome::Merged => merged += 1,
-                CaptureOutcome::Unspecified => anyhow::bail!("round {round}: no outcome"),
+                outcome @ (CaptureOutcome::InReview | CaptureOutcome::Unspecified) => {
+                    anyhow::bail!("round {round}: unexpected outcome {outcome:?}")
+                }
             }
             lead_ids.push(response.lead.expect("lead").lead_id);
         }
@@ -345,22 +375,29 @@ async fn sixty_four_concurrent_captures_of_one_person_make_one_lead() -> anyhow:
             "round {round}: one person got several leads: {lead_ids:?}"
         );
         let lead_uuid = Uuid::parse_str(&lead_id)?;
-        let (rows, touch_count): (i64, i64) = sqlx::query_as(
-            "SELECT count(*), COALESCE(max(touch_count), 0)::int8 FROM capture.leads WHERE lead_id = $1",
+        let (touch_count,): (i32,) =
+            sqlx::query_as("SELECT touch_count FROM capture.leads WHERE lead_id = $1")
+                .bind(lead_uuid)
+                .fetch_one(&mut db)
+                .await?;
+        assert_eq!(
+            touch_count, CONCURRENCY as i32,
+            "round {round}: every capture is a touch"
+        );
+        // Each merged capture is kept as a record of the lead, with its touch.
+        let (records,): (i64,) =
+            sqlx::query_as("SELECT count(*) FROM capture.leads WHERE merged_into = $1")
+                .bind(lead_uuid)
+                .fetch_one(&mut db)
+                .await?;
+        assert_eq!(records, CONCURRENCY as i64 - 1, "round {round}: records");
+        let (touches,): (i64,) = sqlx::query_as(
+            "SELECT count(*) FROM capture.touches t JOIN capture.leads l USING (lead_id) \
+             WHERE l.lead_id = $1 OR l.merged_into = $1",
         )
         .bind(lead_uuid)
         .fetch_one(&mut db)
         .await?;
-        assert_eq!(rows, 1, "round {round}: one leads row");
-        assert_eq!(
-            touch_count, CONCURRENCY as i64,
-            "round {round}: every capture is a touch"
-        );
-        let (touches,): (i64,) =
-            sqlx::query_as("SELECT count(*) FROM capture.touches WHERE lead_id = $1")
-                .bind(lead_uuid)
-                .fetch_one(&mut db)
-                .await?;
         assert_eq!(touches, CONCURRENCY as i64, "round {round}: touches");
         assert_eq!(
             created,
@@ -381,7 +418,11 @@ async fn sixty_four_concurrent_captures_of_one_person_make_one_lead() -> anyhow:
         wall / rounds as u32
     );
     assert_eq!(
-        count(&mut db, "SELECT count(*) FROM capture.leads").await?,
+        count(
+            &mut db,
+            "SELECT count(*) FROM capture.leads WHERE merged_into IS NULL"
+        )
+        .await?,
         rounds as i64,
         "one lead per person, no duplicates"
     );

@@ -3,9 +3,12 @@
 use chrono::{DateTime, Utc};
 use leadflow_platform::auth::StoredKeyInfo;
 use leadflow_proto::capture::v1::{
-    ApiKey, Attribution, ConsentChannel, ConsentRecord, EmailKind, Lead, LegalBasis, Source, Touch,
+    ApiKey, Attribution, ConsentChannel, ConsentRecord, EmailKind, Lead, LegalBasis, Merge,
+    MergeKind, MergeReview as MergeReviewProto, MergeReviewReason, MergeReviewStatus, Source,
+    Touch,
 };
 
+use crate::store::leads::{MergeReview, MergeRow};
 use crate::store::sources::StoredSource;
 use crate::store::{ConsentRow, LeadView, TouchRow};
 
@@ -143,6 +146,84 @@ pub fn lead(view: LeadView, unmask: bool) -> Lead {
             .collect(),
         erased: view.erased,
         touch_count: view.touch_count,
+        merges: view.merges.into_iter().map(merge).collect(),
+    }
+}
+
+fn merge(row: MergeRow) -> Merge {
+    Merge {
+        merge_id: row.merge_id.to_string(),
+        lead_id: row.lead_id.to_string(),
+        merged_lead_id: row.merged_lead_id.to_string(),
+        kind: match row.kind.as_str() {
+            "capture" => MergeKind::Capture,
+            "lead" => MergeKind::Lead,
+            _ => MergeKind::Unspecified,
+        }
+        .into(),
+        source: row.source_id,
+        fields_filled: row.fields_filled,
+        merged_at: Some(timestamp(row.merged_at)),
+        unmerged_at: row.unmerged_at.map(timestamp),
+        review_id: row.review_id.map(|id| id.to_string()).unwrap_or_default(),
+    }
+}
+
+/// Returns the review status stored as `name`.
+pub fn review_status(name: &str) -> MergeReviewStatus {
+    match name {
+        "pending" => MergeReviewStatus::Pending,
+        "merged" => MergeReviewStatus::Merged,
+        "kept_separate" => MergeReviewStatus::KeptSeparate,
+        "discarded" => MergeReviewStatus::Discarded,
+        _ => MergeReviewStatus::Unspecified,
+    }
+}
+
+/// Returns the stored name of a review status.
+pub fn review_status_name(status: MergeReviewStatus) -> Option<&'static str> {
+    match status {
+        MergeReviewStatus::Unspecified => None,
+        MergeReviewStatus::Pending => Some("pending"),
+        MergeReviewStatus::Merged => Some("merged"),
+        MergeReviewStatus::KeptSeparate => Some("kept_separate"),
+        MergeReviewStatus::Discarded => Some("discarded"),
+    }
+}
+
+/// Returns the protobuf review; the held request is decoded while pending.
+pub fn merge_review(review: MergeReview) -> MergeReviewProto {
+    let capture = review
+        .request
+        .as_deref()
+        .and_then(|raw| prost::Message::decode(raw).ok());
+    MergeReviewProto {
+        review_id: review.review_id.to_string(),
+        reason: match review.reason.as_str() {
+            "identity_conflict" => MergeReviewReason::IdentityConflict,
+            "consent_mismatch" => MergeReviewReason::ConsentMismatch,
+            _ => MergeReviewReason::Unspecified,
+        }
+        .into(),
+        status: review_status(&review.status).into(),
+        lead_id: review.lead_id.to_string(),
+        other_lead_id: review
+            .other_lead_id
+            .map(|id| id.to_string())
+            .unwrap_or_default(),
+        source: review.source_id,
+        capture,
+        lead_consent_channels: review.lead_consent_channels,
+        capture_consent_channels: review.capture_consent_channels,
+        created_at: Some(timestamp(review.created_at)),
+        resolved_at: review.resolved_at.map(timestamp),
+        resolved_by: review.resolved_by.unwrap_or_default(),
+        note: review.note,
+        result_lead_id: review
+            .result_lead_id
+            .map(|id| id.to_string())
+            .unwrap_or_default(),
+        merge_id: review.merge_id.map(|id| id.to_string()).unwrap_or_default(),
     }
 }
 

@@ -23,12 +23,18 @@ use crate::domain::evidence::Consent;
 use crate::domain::lead::{EmailKind, NewLead, identity_hash};
 use crate::domain::source::{Dedupe, SourcePolicy};
 
+mod lineage;
+mod read;
+
+pub use lineage::{MergeReview, Resolution, Resolved, ReviewReason};
+
 /// Event types capture emits beyond the shared ones.
 mod event_types {
     pub const LEAD_MERGED: &str = "lead.merged";
     pub const LEAD_REJECTED: &str = "lead.rejected";
     pub const LEAD_ERASED: &str = "lead.erased";
     pub const LEAD_RETURNED: &str = "lead.returned";
+    pub const LEAD_UNMERGED: &str = "lead.unmerged";
 }
 
 /// Why a store operation did not happen.
@@ -46,6 +52,9 @@ pub enum StoreError {
     /// No such lead (or it was erased, for operations that need its data).
     #[error("lead not found")]
     NotFound,
+    /// No such merge review or merge.
+    #[error("{0} not found")]
+    Missing(&'static str),
     /// A concurrent first request with the same idempotency key committed first: answer with
     /// its stored response.
     #[error("answered by the first request with this idempotency key")]
@@ -69,20 +78,147 @@ pub struct CaptureRequest {
     pub lead: NewLead,
     pub attribution: Attribution,
     pub consent: Option<Consent>,
+    /// The request as it arrived (an encoded `CaptureLeadRequest`), kept sealed when the
+    /// capture is held for review.
+    pub raw: Vec<u8>,
+    /// Who captured (API key id, or `form:<source>`).
+    pub caller: String,
 }
 
-/// Whether a capture made a new lead or merged into a known one.
+/// Whether a capture made a new lead, merged into a known one, or was held for review.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Outcome {
     Created,
     Merged,
+    /// Held in the merge review queue under this id; nothing else was stored.
+    InReview(Uuid),
 }
 
 /// The result of a capture.
 #[derive(Debug, Clone)]
 pub struct Captured {
     pub outcome: Outcome,
+    /// The lead created, merged into, or matched (in review).
     pub lead: LeadView,
+    /// The merge in the lead's lineage, for a merge.
+    pub merge_id: Option<Uuid>,
+}
+
+/// Who decides what a capture of a known person does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Decision {
+    /// The source's dedupe policy, holding for review what would mix leads or consents.
+    Policy,
+    /// A reviewer decided to merge.
+    Merge { review_id: Uuid },
+    /// A reviewer decided the capture is a lead of its own.
+    KeepSeparate,
+}
+
+/// What a merge folds in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MergeKind {
+    /// A re-capture's own record.
+    Capture,
+    /// A whole lead, after a review.
+    Lead,
+}
+
+impl MergeKind {
+    /// The stored name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MergeKind::Capture => "capture",
+            MergeKind::Lead => "lead",
+        }
+    }
+}
+
+/// An email being folded into a lead, opened.
+#[derive(Debug, Clone)]
+struct IncomingEmail {
+    address: String,
+    kind: String,
+    role: bool,
+    bidx: Vec<u8>,
+}
+
+/// A phone being folded into a lead, opened.
+#[derive(Debug, Clone)]
+struct IncomingPhone {
+    e164: String,
+    region: String,
+    line_type: String,
+    bidx: Vec<u8>,
+}
+
+/// A row being folded into a lead: a re-capture's record or a whole lead, opened.
+#[derive(Debug, Clone)]
+struct Incoming {
+    row_id: Uuid,
+    kind: MergeKind,
+    /// Captures it counts for.
+    touches: i32,
+    source_id: String,
+    channel: String,
+    campaign: String,
+    email: Option<IncomingEmail>,
+    phone: Option<IncomingPhone>,
+    first_name: String,
+    last_name: String,
+    company: String,
+    country: String,
+    website: String,
+    job_title: String,
+    quality_score: i32,
+}
+
+impl Incoming {
+    /// A re-capture stored as record `row_id`.
+    fn capture(
+        row_id: Uuid,
+        source: &SourcePolicy,
+        request: &CaptureRequest,
+        email_bidx: Option<&[u8]>,
+        phone_bidx: Option<&[u8]>,
+    ) -> Self {
+        let lead = &request.lead;
+        Self {
+            row_id,
+            kind: MergeKind::Capture,
+            touches: 1,
+            source_id: source.source_id.clone(),
+            channel: lead.channel.clone(),
+            campaign: lead.campaign.clone(),
+            email: lead
+                .email
+                .as_ref()
+                .zip(email_bidx)
+                .map(|(email, bidx)| IncomingEmail {
+                    address: email.address.clone(),
+                    kind: email.kind.as_str().to_owned(),
+                    role: email.role,
+                    bidx: bidx.to_vec(),
+                }),
+            phone: lead
+                .phone
+                .as_ref()
+                .zip(phone_bidx)
+                .map(|(phone, bidx)| IncomingPhone {
+                    e164: phone.e164.clone(),
+                    region: phone.region.clone().unwrap_or_default(),
+                    line_type: phone.line_type.unwrap_or_default().to_owned(),
+                    bidx: bidx.to_vec(),
+                }),
+            first_name: lead.first_name.clone(),
+            last_name: lead.last_name.clone(),
+            company: lead.company.clone(),
+            country: lead.country.clone(),
+            website: lead.website.clone(),
+            job_title: lead.job_title.clone(),
+            quality_score: lead.quality_score(),
+        }
+    }
 }
 
 /// The idempotency of one request: who asked, their key, and a hash of what they sent.
@@ -151,6 +287,22 @@ pub struct LeadView {
     pub first_touch: Option<TouchRow>,
     pub latest_touch: Option<TouchRow>,
     pub consents: Vec<ConsentRow>,
+    /// Its lineage: merges into it or into rows merged into it, oldest first.
+    pub merges: Vec<MergeRow>,
+}
+
+/// One merge in a lead's lineage.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct MergeRow {
+    pub merge_id: Uuid,
+    pub lead_id: Uuid,
+    pub merged_lead_id: Uuid,
+    pub kind: String,
+    pub source_id: String,
+    pub fields_filled: Vec<String>,
+    pub merged_at: DateTime<Utc>,
+    pub unmerged_at: Option<DateTime<Utc>>,
+    pub review_id: Option<Uuid>,
 }
 
 /// What a return credits.
@@ -204,32 +356,6 @@ impl<'a> NewRow<'a> {
 
 /// An idempotent answer: request hash, lead, sealed response, the lead's wrapped data key.
 type ReplayRow = (Vec<u8>, Option<Uuid>, Option<Vec<u8>>, Option<Vec<u8>>);
-/// What erasure reads first: blind indexes and whether it is already erased.
-type EraseRow = (Option<Vec<u8>>, Option<Vec<u8>>, Option<DateTime<Utc>>);
-
-/// A lead's row as read.
-#[derive(Debug, sqlx::FromRow)]
-struct LeadRow {
-    data_key: Option<Vec<u8>>,
-    email_sealed: Option<Vec<u8>>,
-    phone_sealed: Option<Vec<u8>>,
-    first_name_sealed: Option<Vec<u8>>,
-    last_name_sealed: Option<Vec<u8>>,
-    company: String,
-    source_id: String,
-    channel: String,
-    campaign: String,
-    email_kind: String,
-    email_role: bool,
-    phone_line_type: String,
-    country: String,
-    website: String,
-    job_title: String,
-    quality_score: i32,
-    touch_count: i32,
-    erased_at: Option<DateTime<Utc>>,
-    created_at: DateTime<Utc>,
-}
 
 /// Leads in the `capture` schema.
 #[derive(Clone)]
@@ -255,6 +381,15 @@ fn is_retryable(err: &StoreError) -> bool {
             .and_then(|err| err.code())
             .is_some_and(|code| RETRYABLE_SQLSTATES.contains(&code.as_ref()))
     })
+}
+
+/// How conflicting transactions are retried.
+fn conflict_backoff() -> ExponentialBuilder {
+    ExponentialBuilder::default()
+        .with_min_delay(Duration::from_millis(2))
+        .with_max_delay(Duration::from_millis(100))
+        .with_max_times(8)
+        .with_jitter()
 }
 
 impl LeadStore {
@@ -306,6 +441,22 @@ impl LeadStore {
         Ok(Some(response))
     }
 
+    /// Returns the blind indexes of a capture's email and phone.
+    fn identities(&self, request: &CaptureRequest) -> (Option<Vec<u8>>, Option<Vec<u8>>) {
+        (
+            request
+                .lead
+                .email
+                .as_ref()
+                .map(|email| self.keyring.blind_index("email", &email.address)),
+            request
+                .lead
+                .phone
+                .as_ref()
+                .map(|phone| self.keyring.blind_index("phone", &phone.e164)),
+        )
+    }
+
     /// Returns whether any of the person's identities is suppressed.
     async fn suppressed(&self, bidxs: &[Vec<u8>]) -> Result<bool, StoreError> {
         let found: Option<(i32,)> =
@@ -326,16 +477,7 @@ impl LeadStore {
         idempotency: Option<&Idempotency>,
         respond: &(dyn Fn(&Captured) -> Vec<u8> + Send + Sync),
     ) -> Result<Captured, StoreError> {
-        let email_bidx = request
-            .lead
-            .email
-            .as_ref()
-            .map(|email| self.keyring.blind_index("email", &email.address));
-        let phone_bidx = request
-            .lead
-            .phone
-            .as_ref()
-            .map(|phone| self.keyring.blind_index("phone", &phone.e164));
+        let (email_bidx, phone_bidx) = self.identities(request);
         let identities: Vec<Vec<u8>> = email_bidx
             .iter()
             .chain(phone_bidx.iter())
@@ -363,13 +505,7 @@ impl LeadStore {
             .await
         };
         attempt
-            .retry(
-                ExponentialBuilder::default()
-                    .with_min_delay(Duration::from_millis(2))
-                    .with_max_delay(Duration::from_millis(100))
-                    .with_max_times(8)
-                    .with_jitter(),
-            )
+            .retry(conflict_backoff())
             .when(is_retryable)
             .notify(|_, after| {
                 let retries = self.retries.fetch_add(1, Ordering::Relaxed) + 1;
@@ -416,60 +552,18 @@ impl LeadStore {
                 return Err(StoreError::Replay);
             }
         }
-        let known: Vec<Known> = sqlx::query_as(
-            "SELECT lead_id, source_id, data_key, email_bidx, phone_bidx, first_name_sealed, last_name_sealed, \
-                    company, country, website, job_title, last_captured_at \
-             FROM capture.leads WHERE (email_bidx = $1 OR phone_bidx = $2) AND erased_at IS NULL \
-             ORDER BY (email_bidx = $1) DESC NULLS LAST, created_at FOR UPDATE",
-        )
-        .bind(email_bidx)
-        .bind(phone_bidx)
-        .fetch_all(&mut *tx)
-        .await?;
-        let (outcome, lead_id, key) = match known.first() {
-            None => {
-                let (lead_id, key) = self
-                    .insert_lead(
-                        &mut tx,
-                        source,
-                        request,
-                        NewRow::lead(email_bidx, phone_bidx),
-                    )
-                    .await?;
-                (Outcome::Created, lead_id, key)
-            }
-            Some(existing) => {
-                if let Dedupe::RejectWithin(window) = source.dedupe
-                    && existing.last_captured_at > Utc::now() - window
-                {
-                    tx.rollback().await?;
-                    return Err(StoreError::Duplicate(existing.lead_id));
-                }
-                // A phone that belongs to another lead stays there (see #4: review queue).
-                let phone_free = known.len() == 1;
-                let key = self
-                    .merge(
-                        &mut tx,
-                        source,
-                        request,
-                        existing,
-                        email_bidx,
-                        phone_bidx.filter(|_| phone_free),
-                    )
-                    .await?;
-                (Outcome::Merged, existing.lead_id, key)
-            }
-        };
-        self.insert_touch(&mut tx, lead_id, source, request).await?;
-        if let Some(consent) = &request.consent {
-            self.insert_consent(&mut tx, lead_id, &key, consent).await?;
-        }
-        let lead = self
-            .view(&mut tx, lead_id)
-            .await?
-            .ok_or(StoreError::NotFound)?;
-        let captured = Captured { outcome, lead };
+        let (captured, key) = self
+            .capture_in(
+                &mut tx,
+                source,
+                request,
+                email_bidx,
+                phone_bidx,
+                Decision::Policy,
+            )
+            .await?;
         if let Some(idempotency) = idempotency {
+            let lead_id = captured.lead.lead_id;
             let sealed = key
                 .seal(
                     lead_id.as_bytes(),
@@ -492,6 +586,118 @@ impl LeadStore {
         Ok(captured)
     }
 
+    /// Stores a capture inside `tx` as `decision` says: a new lead, a merge into the known
+    /// person's lead, or a capture held for review. Returns what happened and the data key of
+    /// the lead answered with.
+    async fn capture_in(
+        &self,
+        tx: &mut PgConnection,
+        source: &SourcePolicy,
+        request: &CaptureRequest,
+        email_bidx: Option<&[u8]>,
+        phone_bidx: Option<&[u8]>,
+        decision: Decision,
+    ) -> Result<(Captured, DataKey), StoreError> {
+        let known: Vec<Known> = sqlx::query_as(
+            "SELECT lead_id, source_id, data_key, email_bidx, phone_bidx, first_name_sealed, last_name_sealed, \
+                    company, country, website, job_title, last_captured_at \
+             FROM capture.leads WHERE (email_bidx = $1 OR phone_bidx = $2) AND erased_at IS NULL \
+             ORDER BY (email_bidx = $1) DESC NULLS LAST, created_at FOR UPDATE",
+        )
+        .bind(email_bidx)
+        .bind(phone_bidx)
+        .fetch_all(&mut *tx)
+        .await?;
+        let existing = match (known.first(), decision) {
+            (_, Decision::KeepSeparate) | (None, _) => {
+                // A lead of its own claims the identities nobody holds (all, when new).
+                let held: Vec<&[u8]> = known
+                    .iter()
+                    .flat_map(|lead| [lead.email_bidx.as_deref(), lead.phone_bidx.as_deref()])
+                    .flatten()
+                    .collect();
+                let row = NewRow {
+                    claim_email: email_bidx.is_some_and(|bidx| !held.contains(&bidx)),
+                    claim_phone: phone_bidx.is_some_and(|bidx| !held.contains(&bidx)),
+                    ..NewRow::lead(email_bidx, phone_bidx)
+                };
+                let (lead_id, key) = self.insert_lead(tx, source, request, row).await?;
+                self.insert_touch(tx, lead_id, source, request).await?;
+                if let Some(consent) = &request.consent {
+                    self.insert_consent(tx, lead_id, &key, consent).await?;
+                }
+                let lead = self
+                    .view_family(tx, lead_id, &[lead_id], false)
+                    .await?
+                    .ok_or(StoreError::NotFound)?;
+                let captured = Captured {
+                    outcome: Outcome::Created,
+                    lead,
+                    merge_id: None,
+                };
+                return Ok((captured, key));
+            }
+            (Some(existing), _) => existing,
+        };
+        let owner = existing.lead_id.as_bytes();
+        let wrapped = existing
+            .data_key
+            .as_deref()
+            .ok_or_else(|| anyhow::anyhow!("active lead without a data key"))?;
+        let key = self
+            .keyring
+            .unwrap_data_key(owner, wrapped)
+            .context("unwrap data key")?;
+        let review_id = match decision {
+            Decision::Merge { review_id } => Some(review_id),
+            _ => None,
+        };
+        if review_id.is_none() {
+            if let Dedupe::RejectWithin(window) = source.dedupe
+                && existing.last_captured_at > Utc::now() - window
+            {
+                return Err(StoreError::Duplicate(existing.lead_id));
+            }
+            if let Some(hold) = self.needs_review(tx, &known, request).await? {
+                let review_id = self.hold(tx, source, request, existing, hold).await?;
+                let lead = self
+                    .view(tx, existing.lead_id)
+                    .await?
+                    .ok_or(StoreError::NotFound)?;
+                let captured = Captured {
+                    outcome: Outcome::InReview(review_id),
+                    lead,
+                    merge_id: None,
+                };
+                return Ok((captured, key));
+            }
+        }
+        // The capture is kept as a record of its own, folded into the lead.
+        let row = NewRow {
+            claim_email: false,
+            claim_phone: false,
+            merged_into: Some(existing.lead_id),
+            ..NewRow::lead(email_bidx, phone_bidx)
+        };
+        let (record_id, record_key) = self.insert_lead(tx, source, request, row).await?;
+        self.insert_touch(tx, record_id, source, request).await?;
+        if let Some(consent) = &request.consent {
+            self.insert_consent(tx, record_id, &record_key, consent)
+                .await?;
+        }
+        let incoming = Incoming::capture(record_id, source, request, email_bidx, phone_bidx);
+        let merge_id = self.fold(tx, existing, &key, &incoming, review_id).await?;
+        let lead = self
+            .view(tx, existing.lead_id)
+            .await?
+            .ok_or(StoreError::NotFound)?;
+        let captured = Captured {
+            outcome: Outcome::Merged,
+            lead,
+            merge_id: Some(merge_id),
+        };
+        Ok((captured, key))
+    }
     /// Inserts a capture as a row of its own under a new data key: a new lead claiming the
     /// identities in `row`, or a record merged into `row.merged_into` claiming none.
     async fn insert_lead(
@@ -550,32 +756,24 @@ impl LeadStore {
         Ok((lead_id, key))
     }
 
-    /// Merges a re-capture into a known lead: first touch kept, empty fields filled.
-    async fn merge(
+    /// Folds a row into a known lead: its empty fields are filled (sealed under the lead's
+    /// key), its touch count grows, and the merge is kept in the lineage with the lead's
+    /// columns before and after; emits `lead.merged`. Returns the merge's id.
+    async fn fold(
         &self,
         tx: &mut PgConnection,
-        source: &SourcePolicy,
-        request: &CaptureRequest,
         existing: &Known,
-        email_bidx: Option<&[u8]>,
-        phone_bidx: Option<&[u8]>,
-    ) -> Result<DataKey, StoreError> {
-        let lead = &request.lead;
+        key: &DataKey,
+        incoming: &Incoming,
+        review_id: Option<Uuid>,
+    ) -> Result<Uuid, StoreError> {
         let lead_id = existing.lead_id;
         let owner = lead_id.as_bytes();
-        let wrapped = existing
-            .data_key
-            .as_deref()
-            .ok_or_else(|| anyhow::anyhow!("active lead without a data key"))?;
-        let key = self
-            .keyring
-            .unwrap_data_key(owner, wrapped)
-            .context("unwrap data key")?;
         let mut filled = Vec::new();
-        let fill_email = existing.email_bidx.is_none() && email_bidx.is_some();
-        let fill_phone = existing.phone_bidx.is_none() && phone_bidx.is_some();
-        let fill_first = existing.first_name_sealed.is_none() && !lead.first_name.is_empty();
-        let fill_last = existing.last_name_sealed.is_none() && !lead.last_name.is_empty();
+        let fill_email = existing.email_bidx.is_none() && incoming.email.is_some();
+        let fill_phone = existing.phone_bidx.is_none() && incoming.phone.is_some();
+        let fill_first = existing.first_name_sealed.is_none() && !incoming.first_name.is_empty();
+        let fill_last = existing.last_name_sealed.is_none() && !incoming.last_name.is_empty();
         for (fill, name) in [
             (fill_email, "email"),
             (fill_phone, "phone"),
@@ -587,10 +785,10 @@ impl LeadStore {
             }
         }
         for (existing_value, new_value, name) in [
-            (&existing.company, &lead.company, "company"),
-            (&existing.country, &lead.country, "country"),
-            (&existing.website, &lead.website, "website"),
-            (&existing.job_title, &lead.job_title, "job_title"),
+            (&existing.company, &incoming.company, "company"),
+            (&existing.country, &incoming.country, "country"),
+            (&existing.website, &incoming.website, "website"),
+            (&existing.job_title, &incoming.job_title, "job_title"),
         ] {
             if existing_value.is_empty() && !new_value.is_empty() {
                 filled.push(name.to_owned());
@@ -598,13 +796,19 @@ impl LeadStore {
         }
         let seal =
             |field: &str, text: &str| key.seal_text(owner, field, text).context("seal field");
+        let email = incoming.email.as_ref();
+        let phone = incoming.phone.as_ref();
+        let merge_id = Uuid::now_v7();
         let (touch_count,): (i32,) = sqlx::query_as(
-            "UPDATE capture.leads SET \
+            "WITH old AS (SELECT to_jsonb(o) AS snapshot FROM capture.leads o WHERE o.lead_id = $1), \
+             new AS (UPDATE capture.leads l SET \
                email_bidx = CASE WHEN $2 THEN $3 ELSE email_bidx END, \
+               email_digest = CASE WHEN $2 THEN $3 ELSE email_digest END, \
                email_sealed = CASE WHEN $2 THEN $4 ELSE email_sealed END, \
                email_kind = CASE WHEN $2 THEN $5 ELSE email_kind END, \
                email_role = CASE WHEN $2 THEN $6 ELSE email_role END, \
                phone_bidx = CASE WHEN $7 THEN $8 ELSE phone_bidx END, \
+               phone_digest = CASE WHEN $7 THEN $8 ELSE phone_digest END, \
                phone_sealed = CASE WHEN $7 THEN $9 ELSE phone_sealed END, \
                phone_region = CASE WHEN $7 THEN $10 ELSE phone_region END, \
                phone_line_type = CASE WHEN $7 THEN $11 ELSE phone_line_type END, \
@@ -615,65 +819,58 @@ impl LeadStore {
                website = CASE WHEN website = '' THEN $16 ELSE website END, \
                job_title = CASE WHEN job_title = '' THEN $17 ELSE job_title END, \
                quality_score = GREATEST(quality_score, $18), \
-               touch_count = touch_count + 1, last_captured_at = now(), updated_at = now() \
-             WHERE lead_id = $1 RETURNING touch_count",
+               touch_count = touch_count + $19, last_captured_at = now(), updated_at = now() \
+             WHERE l.lead_id = $1 RETURNING l.touch_count, to_jsonb(l) AS snapshot), \
+             lineage AS (INSERT INTO capture.merges \
+               (merge_id, lead_id, merged_lead_id, kind, source_id, fields_filled, before, after, review_id) \
+               SELECT $20, $1, $21, $22, $23, $24, old.snapshot, new.snapshot, $25 FROM old, new) \
+             SELECT touch_count FROM new",
         )
         .bind(lead_id)
         .bind(fill_email)
-        .bind(email_bidx)
-        .bind(seal(
-            "email",
-            lead.email.as_ref().map_or("", |email| &email.address),
-        )?)
-        .bind(
-            lead.email
-                .as_ref()
-                .map_or("none", |email| email.kind.as_str()),
-        )
-        .bind(lead.email.as_ref().is_some_and(|email| email.role))
+        .bind(email.map(|email| email.bidx.as_slice()))
+        .bind(seal("email", email.map_or("", |email| &email.address))?)
+        .bind(email.map_or("none", |email| email.kind.as_str()))
+        .bind(email.is_some_and(|email| email.role))
         .bind(fill_phone)
-        .bind(phone_bidx)
-        .bind(seal(
-            "phone",
-            lead.phone.as_ref().map_or("", |phone| &phone.e164),
-        )?)
-        .bind(
-            lead.phone
-                .as_ref()
-                .and_then(|phone| phone.region.as_deref())
-                .unwrap_or_default(),
-        )
-        .bind(
-            lead.phone
-                .as_ref()
-                .and_then(|phone| phone.line_type)
-                .unwrap_or_default(),
-        )
-        .bind(seal("first_name", &lead.first_name)?)
-        .bind(seal("last_name", &lead.last_name)?)
-        .bind(&lead.company)
-        .bind(&lead.country)
-        .bind(&lead.website)
-        .bind(&lead.job_title)
-        .bind(lead.quality_score())
+        .bind(phone.map(|phone| phone.bidx.as_slice()))
+        .bind(seal("phone", phone.map_or("", |phone| &phone.e164))?)
+        .bind(phone.map_or("", |phone| phone.region.as_str()))
+        .bind(phone.map_or("", |phone| phone.line_type.as_str()))
+        .bind(seal("first_name", &incoming.first_name)?)
+        .bind(seal("last_name", &incoming.last_name)?)
+        .bind(&incoming.company)
+        .bind(&incoming.country)
+        .bind(&incoming.website)
+        .bind(&incoming.job_title)
+        .bind(incoming.quality_score)
+        .bind(incoming.touches)
+        .bind(merge_id)
+        .bind(incoming.row_id)
+        .bind(incoming.kind.as_str())
+        .bind(&incoming.source_id)
+        .bind(&filled)
+        .bind(review_id)
         .fetch_one(&mut *tx)
         .await
         .context("merge into lead")?;
         let event = LeadMerged {
             lead_id: lead_id.to_string(),
-            source: source.source_id.clone(),
-            channel: lead.channel.clone(),
-            campaign: lead.campaign.clone(),
+            source: incoming.source_id.clone(),
+            channel: incoming.channel.clone(),
+            campaign: incoming.campaign.clone(),
             fields_filled: filled,
             touch_count,
+            merge_id: merge_id.to_string(),
+            merged_lead_id: incoming.row_id.to_string(),
+            merged_lead_was_lead: incoming.kind == MergeKind::Lead,
         };
         self.outbox
             .add(tx, event_types::LEAD_MERGED, lead_id, &event)
             .await?;
-        tracing::info!(lead_id = %lead_id, first_source = %existing.source_id, "capture merged into known lead");
-        Ok(key)
+        tracing::info!(lead_id = %lead_id, %merge_id, kind = incoming.kind.as_str(), first_source = %existing.source_id, "merged into known lead");
+        Ok(merge_id)
     }
-
     async fn insert_touch(
         &self,
         tx: &mut PgConnection,
@@ -808,144 +1005,11 @@ impl LeadStore {
         Ok(())
     }
 
-    /// Returns a lead with its personal data opened (empty once erased).
-    pub async fn get(&self, lead_id: Uuid) -> Result<Option<LeadView>, StoreError> {
-        let mut connection = self.pool.acquire().await?;
-        self.view(&mut connection, lead_id).await
-    }
-
-    async fn view(
-        &self,
-        connection: &mut PgConnection,
-        lead_id: Uuid,
-    ) -> Result<Option<LeadView>, StoreError> {
-        let row: Option<LeadRow> = sqlx::query_as(
-            "SELECT data_key, email_sealed, phone_sealed, first_name_sealed, last_name_sealed, company, source_id, \
-                    channel, campaign, email_kind, email_role, phone_line_type, country, website, job_title, \
-                    quality_score, touch_count, erased_at, created_at \
-             FROM capture.leads WHERE lead_id = $1",
-        )
-        .bind(lead_id)
-        .fetch_optional(&mut *connection)
-        .await?;
-        let Some(row) = row else {
-            return Ok(None);
-        };
-        let data_key = row.data_key.clone();
-        let owner = lead_id.as_bytes();
-        let key = match &data_key {
-            Some(wrapped) => Some(
-                self.keyring
-                    .unwrap_data_key(owner, wrapped)
-                    .context("unwrap data key")?,
-            ),
-            None => None,
-        };
-        let open = |field: &str, sealed: Option<Vec<u8>>| -> Result<String, StoreError> {
-            match &key {
-                Some(key) => Ok(key
-                    .open_text(owner, field, sealed.as_deref())
-                    .context("open field")?),
-                None => Ok(String::new()),
-            }
-        };
-        let touches: Vec<TouchRow> = sqlx::query_as(
-            "SELECT source_id, channel, campaign, utm_source, utm_medium, utm_campaign, utm_term, utm_content, \
-                    gclid, fbclid, referrer, landing_page, captured_at \
-             FROM ((SELECT * FROM capture.touches WHERE lead_id = $1 ORDER BY captured_at, touch_id LIMIT 1) \
-                   UNION ALL \
-                   (SELECT * FROM capture.touches WHERE lead_id = $1 ORDER BY captured_at DESC, touch_id DESC LIMIT 1)) \
-                  AS first_and_latest ORDER BY captured_at, touch_id",
-        )
-        .bind(lead_id)
-        .fetch_all(&mut *connection)
-        .await?;
-        type ConsentDbRow = (
-            Uuid,
-            Vec<String>,
-            String,
-            String,
-            String,
-            String,
-            Option<Vec<u8>>,
-            Option<Vec<u8>>,
-            String,
-            DateTime<Utc>,
-        );
-        let consent_rows: Vec<ConsentDbRow> = sqlx::query_as(
-            "SELECT consent_id, channels, disclosure_text, disclosure_sha256, form_url, form_version, ip_sealed, \
-                    user_agent_sealed, legal_basis, given_at \
-             FROM capture.consents WHERE lead_id = $1 ORDER BY recorded_at, consent_id",
-        )
-        .bind(lead_id)
-        .fetch_all(&mut *connection)
-        .await?;
-        let mut consents = Vec::with_capacity(consent_rows.len());
-        for (
-            consent_id,
-            channels,
-            disclosure_text,
-            disclosure_sha256,
-            form_url,
-            form_version,
-            ip,
-            user_agent,
-            legal_basis,
-            given_at,
-        ) in consent_rows
-        {
-            let consent_owner = consent_id.as_bytes();
-            let (ip_address, user_agent) = match &key {
-                Some(key) => (
-                    key.open_text(consent_owner, "ip_address", ip.as_deref())
-                        .context("open ip")?,
-                    key.open_text(consent_owner, "user_agent", user_agent.as_deref())
-                        .context("open user agent")?,
-                ),
-                None => (String::new(), String::new()),
-            };
-            consents.push(ConsentRow {
-                consent_id,
-                channels,
-                disclosure_text,
-                disclosure_sha256,
-                form_url,
-                form_version,
-                ip_address,
-                user_agent,
-                legal_basis,
-                given_at,
-            });
-        }
-        Ok(Some(LeadView {
-            lead_id,
-            email: open("email", row.email_sealed)?,
-            phone: open("phone", row.phone_sealed)?,
-            first_name: open("first_name", row.first_name_sealed)?,
-            last_name: open("last_name", row.last_name_sealed)?,
-            company: row.company,
-            source_id: row.source_id,
-            channel: row.channel,
-            campaign: row.campaign,
-            email_kind: row.email_kind,
-            email_role: row.email_role,
-            phone_line_type: row.phone_line_type,
-            country: row.country,
-            website: row.website,
-            job_title: row.job_title,
-            quality_score: row.quality_score,
-            touch_count: row.touch_count,
-            erased: row.erased_at.is_some(),
-            created_at: row.created_at,
-            first_touch: touches.first().cloned(),
-            latest_touch: touches.last().cloned(),
-            consents,
-        }))
-    }
-
-    /// Erases a lead's personal data: its data key (so every sealed copy becomes unreadable),
-    /// sealed columns, blind indexes and free-text attribution; keeps a suppression record of
-    /// its blind indexes and emits `lead.erased`. Erasing twice is a no-op.
+    /// Erases a person: the lead `lead_id` is part of and every row merged into it lose their
+    /// data keys (so every sealed copy becomes unreadable), sealed columns, identities and
+    /// free-text attribution; their identities stay as suppression records, pending reviews
+    /// of them are discarded, and `lead.erased` is emitted for the lead (and for each lead
+    /// folded into it). Erasing twice is a no-op.
     pub async fn erase(
         &self,
         lead_id: Uuid,
@@ -953,59 +1017,96 @@ impl LeadStore {
         caller: &str,
     ) -> Result<DateTime<Utc>, StoreError> {
         let mut tx = self.pool.begin().await?;
-        let row: Option<EraseRow> = sqlx::query_as(
-            "SELECT email_bidx, phone_bidx, erased_at FROM capture.leads WHERE lead_id = $1 FOR UPDATE",
-        )
-        .bind(lead_id)
-        .fetch_optional(&mut *tx)
-        .await?;
-        let Some((email_bidx, phone_bidx, erased_at)) = row else {
+        let Some((root, _)) = self.family(&mut tx, lead_id).await? else {
             return Err(StoreError::NotFound);
         };
+        let (erased_at,): (Option<DateTime<Utc>>,) =
+            sqlx::query_as("SELECT erased_at FROM capture.leads WHERE lead_id = $1 FOR UPDATE")
+                .bind(root)
+                .fetch_one(&mut *tx)
+                .await?;
         if let Some(erased_at) = erased_at {
             return Ok(erased_at);
         }
-        for (bidx, kind) in [(email_bidx, "email"), (phone_bidx, "phone")] {
-            if let Some(bidx) = bidx {
-                sqlx::query("INSERT INTO capture.suppressions (bidx, kind, reason) VALUES ($1, $2, 'erased') ON CONFLICT DO NOTHING")
-                    .bind(bidx)
-                    .bind(kind)
-                    .execute(&mut *tx)
-                    .await?;
-            }
-        }
-        let (erased_at,): (DateTime<Utc>,) = sqlx::query_as(
-            "UPDATE capture.leads SET data_key = NULL, email_bidx = NULL, phone_bidx = NULL, email_sealed = NULL, \
-               phone_sealed = NULL, first_name_sealed = NULL, last_name_sealed = NULL, company = '', website = '', \
-               job_title = '', erased_at = now(), updated_at = now() \
-             WHERE lead_id = $1 RETURNING erased_at",
+        // Read again under the lock: nothing merges into a locked lead meanwhile.
+        let (_, family) = self
+            .family(&mut tx, root)
+            .await?
+            .ok_or(StoreError::NotFound)?;
+        sqlx::query(
+            "INSERT INTO capture.suppressions (bidx, kind, reason) \
+             SELECT identity.bidx, identity.kind, 'erased' FROM capture.leads l \
+               CROSS JOIN LATERAL (VALUES (l.email_digest, 'email'), (l.phone_digest, 'phone')) AS identity (bidx, kind) \
+             WHERE l.lead_id = ANY($1) AND identity.bidx IS NOT NULL \
+             ON CONFLICT DO NOTHING",
         )
-        .bind(lead_id)
-        .fetch_one(&mut *tx)
+        .bind(&family)
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query(
+            "UPDATE capture.leads SET data_key = NULL, email_bidx = NULL, phone_bidx = NULL, email_digest = NULL, \
+               phone_digest = NULL, email_sealed = NULL, phone_sealed = NULL, first_name_sealed = NULL, \
+               last_name_sealed = NULL, company = '', website = '', job_title = '', erased_at = now(), updated_at = now() \
+             WHERE lead_id = ANY($1)",
+        )
+        .bind(&family)
+        .execute(&mut *tx)
         .await?;
         sqlx::query(
             "UPDATE capture.touches SET referrer = '', landing_page = '', gclid = '', fbclid = '', utm_term = '', \
-               utm_content = '' WHERE lead_id = $1",
+               utm_content = '' WHERE lead_id = ANY($1)",
         )
-        .bind(lead_id)
+        .bind(&family)
         .execute(&mut *tx)
         .await?;
-        sqlx::query("DELETE FROM capture.idempotency WHERE lead_id = $1")
-            .bind(lead_id)
+        // The lineage keeps who was merged when, not the sealed values.
+        sqlx::query(
+            "UPDATE capture.merges SET before = '{}', after = '{}' \
+             WHERE lead_id = ANY($1) OR merged_lead_id = ANY($1)",
+        )
+        .bind(&family)
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query(
+            "UPDATE capture.merge_reviews SET status = 'discarded', data_key = NULL, request_sealed = NULL, \
+               resolved_at = now(), resolved_by = $2, note = 'the lead was erased' \
+             WHERE status = 'pending' AND (lead_id = ANY($1) OR other_lead_id = ANY($1))",
+        )
+        .bind(&family)
+        .bind(caller)
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query("DELETE FROM capture.idempotency WHERE lead_id = ANY($1)")
+            .bind(&family)
             .execute(&mut *tx)
             .await?;
         sqlx::query("INSERT INTO capture.erasures (lead_id, reason, caller) VALUES ($1, $2, $3)")
-            .bind(lead_id)
+            .bind(root)
             .bind(reason)
             .bind(caller)
             .execute(&mut *tx)
             .await?;
-        let event = LeadErased {
-            lead_id: lead_id.to_string(),
-        };
-        self.outbox
-            .add(&mut tx, event_types::LEAD_ERASED, lead_id, &event)
-            .await?;
+        // Leads folded in were leads downstream too.
+        let absorbed: Vec<(Uuid,)> = sqlx::query_as(
+            "SELECT merged_lead_id FROM capture.merges \
+             WHERE kind = 'lead' AND unmerged_at IS NULL AND merged_lead_id = ANY($1) ORDER BY merged_at",
+        )
+        .bind(&family)
+        .fetch_all(&mut *tx)
+        .await?;
+        for erased in std::iter::once(root).chain(absorbed.into_iter().map(|(id,)| id)) {
+            let event = LeadErased {
+                lead_id: erased.to_string(),
+            };
+            self.outbox
+                .add(&mut tx, event_types::LEAD_ERASED, erased, &event)
+                .await?;
+        }
+        let (erased_at,): (DateTime<Utc>,) =
+            sqlx::query_as("SELECT erased_at FROM capture.leads WHERE lead_id = $1")
+                .bind(root)
+                .fetch_one(&mut *tx)
+                .await?;
         tx.commit().await?;
         Ok(erased_at)
     }
@@ -1063,36 +1164,6 @@ impl LeadStore {
             .await?;
         tx.commit().await?;
         Ok(outcome)
-    }
-
-    /// Returns a page of leads, newest first (ids are UUIDv7, so id order is time order),
-    /// after `after` when given, with the id to continue from when there may be more.
-    pub async fn list(
-        &self,
-        source: Option<&str>,
-        page_size: i32,
-        after: Option<Uuid>,
-    ) -> Result<(Vec<LeadView>, Option<Uuid>), StoreError> {
-        let ids: Vec<(Uuid,)> = sqlx::query_as(
-            "SELECT lead_id FROM capture.leads WHERE ($1::text IS NULL OR source_id = $1) \
-               AND ($2::uuid IS NULL OR lead_id < $2) ORDER BY lead_id DESC LIMIT $3",
-        )
-        .bind(source)
-        .bind(after)
-        .bind(i64::from(page_size))
-        .fetch_all(&self.pool)
-        .await?;
-        let mut connection = self.pool.acquire().await?;
-        let mut leads = Vec::with_capacity(ids.len());
-        for (lead_id,) in &ids {
-            if let Some(view) = self.view(&mut connection, *lead_id).await? {
-                leads.push(view);
-            }
-        }
-        let next = (ids.len() == usize::try_from(page_size).unwrap_or_default())
-            .then(|| ids.last().map(|(lead_id,)| *lead_id))
-            .flatten();
-        Ok((leads, next))
     }
 
     /// Returns the source a lead came through.
