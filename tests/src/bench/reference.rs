@@ -89,15 +89,15 @@ pub const SELECT_VIEW_LEAD: &str = "SELECT data_key, email_sealed, phone_sealed,
 /// `LeadStore::view`: its first and latest touch.
 pub const SELECT_VIEW_TOUCHES: &str = "SELECT source_id, channel, campaign, utm_source, utm_medium, utm_campaign, utm_term, utm_content, \
                     gclid, fbclid, referrer, landing_page, captured_at \
-             FROM ((SELECT * FROM capture.touches WHERE lead_id = $1 ORDER BY captured_at, touch_id LIMIT 1) \
+             FROM ((SELECT * FROM capture.touches WHERE lead_id = ANY($1) ORDER BY captured_at, touch_id LIMIT 1) \
                    UNION ALL \
-                   (SELECT * FROM capture.touches WHERE lead_id = $1 ORDER BY captured_at DESC, touch_id DESC LIMIT 1)) \
+                   (SELECT * FROM capture.touches WHERE lead_id = ANY($1) ORDER BY captured_at DESC, touch_id DESC LIMIT 1)) \
                   AS first_and_latest ORDER BY captured_at, touch_id";
 
 /// `LeadStore::view`: its consents.
-pub const SELECT_VIEW_CONSENTS: &str = "SELECT consent_id, channels, disclosure_text, disclosure_sha256, form_url, form_version, ip_sealed, \
-                    user_agent_sealed, legal_basis, given_at \
-             FROM capture.consents WHERE lead_id = $1 ORDER BY recorded_at, consent_id";
+pub const SELECT_VIEW_CONSENTS: &str = "SELECT lead_id, consent_id, channels, disclosure_text, disclosure_sha256, form_url, form_version, \
+                    ip_sealed, user_agent_sealed, legal_basis, given_at \
+             FROM capture.consents WHERE lead_id = ANY($1) ORDER BY recorded_at, consent_id";
 
 /// AES-256-GCM nonce + tag around every sealed value.
 const SEAL_OVERHEAD: usize = 12 + 16;
@@ -343,12 +343,13 @@ pub async fn capture_new_lead(
         .bind(capture.lead_id)
         .fetch_optional(&mut *tx)
         .await?;
+    let family = [capture.lead_id];
     let _touches = sqlx::query(SELECT_VIEW_TOUCHES)
-        .bind(capture.lead_id)
+        .bind(family)
         .fetch_all(&mut *tx)
         .await?;
     let _consents = sqlx::query(SELECT_VIEW_CONSENTS)
-        .bind(capture.lead_id)
+        .bind(family)
         .fetch_all(&mut *tx)
         .await?;
     tx.commit().await?;
@@ -507,6 +508,7 @@ mod tests {
     #[test]
     fn reference_sql_is_the_service_sql() {
         let leads = unescaped_source("services/capture/src/store/leads.rs");
+        let read = unescaped_source("services/capture/src/store/leads/read.rs");
         let sources = unescaped_source("services/capture/src/store/sources.rs");
         let outbox = unescaped_source("libs/platform/src/events/outbox.rs")
             .replace("INSERT INTO {}.outbox", "INSERT INTO capture.outbox");
@@ -518,9 +520,9 @@ mod tests {
             ("INSERT_OUTBOX", INSERT_OUTBOX, &outbox),
             ("INSERT_TOUCH", INSERT_TOUCH, &leads),
             ("INSERT_CONSENT", INSERT_CONSENT, &leads),
-            ("SELECT_VIEW_LEAD", SELECT_VIEW_LEAD, &leads),
-            ("SELECT_VIEW_TOUCHES", SELECT_VIEW_TOUCHES, &leads),
-            ("SELECT_VIEW_CONSENTS", SELECT_VIEW_CONSENTS, &leads),
+            ("SELECT_VIEW_LEAD", SELECT_VIEW_LEAD, &read),
+            ("SELECT_VIEW_TOUCHES", SELECT_VIEW_TOUCHES, &read),
+            ("SELECT_VIEW_CONSENTS", SELECT_VIEW_CONSENTS, &read),
         ] {
             assert!(
                 file.contains(&format!("\"{sql}\"")),
@@ -534,7 +536,7 @@ mod tests {
         let material = Material::new("s".to_owned()).expect("material");
         let mut line = String::new();
         copy_line(&mut line, &material, &Lead::new(3));
-        assert_eq!(line.matches('\t').count(), 19, "{line}");
+        assert_eq!(line.matches('\t').count(), 21, "{line}");
         assert!(line.ends_with('\n'));
     }
 }
