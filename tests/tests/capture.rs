@@ -1,6 +1,7 @@
 //! capture through its public gRPC interface, against the real binary: dedupe and merge and
 //! the dedupe race (R9, I3), idempotent retries (I2), personal data sealed, masked and erased
-//! (I8, R13), returns, source rules, consent evidence, and the auth matrix (R12).
+//! (I8, R13), the merge review queue and unmerge, returns, source rules, consent evidence, and
+//! the auth matrix (R12).
 //!
 //! Direct SQL only asserts what is stored; Redis `XRANGE` only asserts what was published.
 
@@ -12,6 +13,8 @@ mod idempotency;
 mod merge;
 #[path = "capture/privacy.rs"]
 mod privacy;
+#[path = "capture/review.rs"]
+mod review;
 #[path = "capture/sources.rs"]
 mod sources;
 #[path = "capture/support.rs"]
