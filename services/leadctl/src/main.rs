@@ -1,6 +1,7 @@
 //! `leadctl`: capture leads, look them up, record replies and read the funnel from a shell.
 
 mod import;
+mod reviews;
 
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
@@ -24,6 +25,9 @@ use leadflow_proto::qualification::v1::qualification_service_client::Qualificati
 use secrecy::SecretString;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Channel, Endpoint};
+
+/// A capture client carrying the API key.
+type CaptureClient = CaptureServiceClient<InterceptedService<Channel, Outgoing>>;
 
 #[derive(Debug, Parser)]
 #[command(version, about = "The leadflow command line")]
@@ -86,9 +90,7 @@ impl Endpoints {
         Ok(InterceptedService::new(channel, outgoing))
     }
 
-    async fn capture(
-        &self,
-    ) -> anyhow::Result<CaptureServiceClient<InterceptedService<Channel, Outgoing>>> {
+    async fn capture(&self) -> anyhow::Result<CaptureClient> {
         Ok(CaptureServiceClient::new(
             self.channel(&self.capture_url).await?,
         ))
@@ -163,6 +165,28 @@ enum Command {
     Show {
         /// The lead's id
         lead_id: String,
+    },
+    /// List captures held for merge review (admin).
+    Reviews {
+        /// pending, merged, kept-separate or discarded
+        #[arg(long, default_value = "pending", value_parser = reviews::parse_status)]
+        status: leadflow_proto::capture::v1::MergeReviewStatus,
+    },
+    /// Decide a held capture: merge, keep (as a lead of its own) or discard (admin).
+    Resolve {
+        /// The review's id (see `leadctl reviews`)
+        review_id: String,
+        /// merge, keep or discard
+        #[arg(value_parser = reviews::parse_resolution)]
+        resolution: leadflow_proto::capture::v1::MergeResolution,
+        /// Why, kept with the review
+        #[arg(long, default_value = "")]
+        note: String,
+    },
+    /// Undo a merge from a lead's lineage (see `leadctl show`) (admin).
+    Unmerge {
+        /// The merge's id
+        merge_id: String,
     },
     /// Record a reply from a lead (two-way contact).
     Reply {
@@ -381,6 +405,20 @@ async fn main() -> anyhow::Result<()> {
             }
             println!("{table}");
         }
+        Command::Reviews { status } => {
+            reviews::list(&mut cli.endpoints.capture().await?, status).await?;
+        }
+        Command::Resolve {
+            review_id,
+            resolution,
+            note,
+        } => {
+            let mut client = cli.endpoints.capture().await?;
+            reviews::resolve(&mut client, review_id, resolution, note).await?;
+        }
+        Command::Unmerge { merge_id } => {
+            reviews::unmerge(&mut cli.endpoints.capture().await?, merge_id).await?;
+        }
         Command::Erase { lead_id, reason } => {
             let erased = cli
                 .endpoints
@@ -594,6 +632,7 @@ async fn show(endpoints: &Endpoints, lead_id: String) -> anyhow::Result<()> {
         contact.add_row([field.to_owned(), value]);
     }
     println!("{contact}");
+    reviews::print_lineage(&captured);
     let mut client =
         QualificationServiceClient::new(endpoints.channel(&endpoints.qualification_url).await?);
     let lead = client
