@@ -194,6 +194,8 @@ impl TestEnv {
                     ("CAPTURE_API_KEY_ENV", "test"),
                     // Tests run side by side: never the fixed default port.
                     ("CAPTURE_HTTP_ADDR", "127.0.0.1:0"),
+                    // Sweep old idempotent answers often enough for a test to see it.
+                    ("CAPTURE_IDEMPOTENCY_SWEEP_SECONDS", "1"),
                 ] {
                     env.push((name.to_owned(), value.to_owned()));
                 }

@@ -44,6 +44,13 @@ pub struct Settings {
     /// entry instead of the socket peer: only behind a proxy that sets that header itself.
     #[serde(default)]
     pub trust_forwarded_for: bool,
+    /// Seconds between sweeps deleting idempotent answers older than 24 hours.
+    #[serde(default = "default_idempotency_sweep_seconds")]
+    pub idempotency_sweep_seconds: u64,
+}
+
+fn default_idempotency_sweep_seconds() -> u64 {
+    600
 }
 
 /// Address of the web-to-lead HTTP endpoint unless `CAPTURE_HTTP_ADDR` says otherwise.

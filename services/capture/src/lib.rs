@@ -43,6 +43,9 @@ pub async fn build(config: Config) -> anyhow::Result<Application> {
     let outbox = host.outbox(CAPTURE_STREAM);
     let leads = store::LeadStore::new(host.pool().clone(), outbox, checked.keyring, identity_key);
     let sources = store::SourceStore::new(host.pool().clone());
+    let sweeper = leads.clone();
+    let sweep_every =
+        std::time::Duration::from_secs(config.settings.idempotency_sweep_seconds.max(1));
     let capturer = service::Capturer::new(Arc::new(checked.normalize), leads, sources);
     let web_forms = http::WebFormServer::bind(
         config
@@ -66,5 +69,6 @@ pub async fn build(config: Config) -> anyhow::Result<Application> {
     tracing::info!(http_addr = %web_forms.local_addr(), "serving http");
     Ok(Application::new(host, routes)
         .with_auth(auth)
-        .with_task(move |stop| web_forms.serve(stop.cancelled_owned())))
+        .with_task(move |stop| web_forms.serve(stop.cancelled_owned()))
+        .with_task(move |stop| sweeper.run_idempotency_sweeper(sweep_every, stop)))
 }

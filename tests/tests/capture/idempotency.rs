@@ -149,3 +149,41 @@ async fn an_idempotent_retry_returns_the_first_answer_byte_for_byte() -> anyhow:
     );
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn answers_older_than_a_day_are_swept() -> anyhow::Result<()> {
+    // The harness runs capture's sweeper every second.
+    let suite = Suite::start().await?;
+    let mut capture = suite.capture().await?;
+    let mut db = suite.env.connect().await?;
+    for (key, email) in [
+        ("old", "old.answer@sweep.example"),
+        ("new", "new.answer@sweep.example"),
+    ] {
+        capture
+            .capture_lead(with_idempotency_key(request(email, "", "sweep"), key))
+            .await?;
+    }
+    sqlx::query(
+        "UPDATE capture.idempotency SET created_at = now() - interval '25 hours' \
+         WHERE idempotency_key = 'old'",
+    )
+    .execute(&mut db)
+    .await?;
+    let env = &suite.env;
+    let kept = leadflow_e2e::eventually(
+        "the day-old answer swept",
+        Duration::from_secs(20),
+        || async move {
+            let mut db = env.connect().await?;
+            let keys: Vec<(String,)> =
+                sqlx::query_as("SELECT idempotency_key FROM capture.idempotency ORDER BY 1")
+                    .fetch_all(&mut db)
+                    .await?;
+            Ok((keys.len() < 2).then_some(keys))
+        },
+    )
+    .await?;
+    assert_eq!(kept, [("new".to_owned(),)], "only the fresh answer stays");
+    Ok(())
+}

@@ -457,6 +457,49 @@ impl LeadStore {
         )
     }
 
+    /// Deletes idempotent answers older than 24 hours (they are never replayed), a batch at a
+    /// time so no transaction holds many locks; returns how many went.
+    pub async fn sweep_idempotency(&self) -> Result<u64, StoreError> {
+        const BATCH: i64 = 5_000;
+        let mut swept = 0;
+        loop {
+            let deleted = sqlx::query(
+                "DELETE FROM capture.idempotency WHERE (caller, idempotency_key) IN ( \
+                   SELECT caller, idempotency_key FROM capture.idempotency \
+                   WHERE created_at <= now() - interval '24 hours' LIMIT $1 FOR UPDATE SKIP LOCKED)",
+            )
+            .bind(BATCH)
+            .execute(&self.pool)
+            .await?
+            .rows_affected();
+            swept += deleted;
+            if deleted < BATCH as u64 {
+                return Ok(swept);
+            }
+        }
+    }
+
+    /// Sweeps old idempotent answers every `every` until `stop` is cancelled.
+    pub async fn run_idempotency_sweeper(
+        self,
+        every: Duration,
+        stop: tokio_util::sync::CancellationToken,
+    ) {
+        let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                () = stop.cancelled() => return,
+                _ = ticks.tick() => {}
+            }
+            match self.sweep_idempotency().await {
+                Ok(0) => {}
+                Ok(swept) => tracing::info!(swept, "swept idempotent answers older than 24 hours"),
+                Err(err) => tracing::warn!(error = format!("{err:#}"), "sweep idempotent answers"),
+            }
+        }
+    }
+
     /// Returns whether any of the person's identities is suppressed.
     async fn suppressed(&self, bidxs: &[Vec<u8>]) -> Result<bool, StoreError> {
         let found: Option<(i32,)> =
