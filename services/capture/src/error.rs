@@ -28,7 +28,22 @@ impl From<FieldViolations> for CaptureError {
     }
 }
 
+/// Returns whether `source` is the database pool running out of connections: the service is
+/// overloaded, and the caller may retry later.
+pub fn is_overloaded(source: &anyhow::Error) -> bool {
+    source.chain().any(|cause| {
+        matches!(
+            cause.downcast_ref::<sqlx::Error>(),
+            Some(sqlx::Error::PoolTimedOut)
+        )
+    })
+}
+
 fn internal(source: &anyhow::Error) -> Status {
+    if is_overloaded(source) {
+        tracing::warn!("capture overloaded: no database connection in time");
+        return Status::unavailable("capture is overloaded; retry with backoff");
+    }
     tracing::error!(error = format!("{source:#}"), "capture failed");
     Status::internal("internal error")
 }
