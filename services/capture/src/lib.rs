@@ -3,12 +3,14 @@
 //! `lead.captured` (and `lead.merged`, `lead.rejected`, `lead.erased`, `lead.returned`)
 //! through the transactional outbox.
 
+pub mod commands;
 pub mod config;
 pub mod domain;
 pub mod error;
 pub mod grpc;
 pub mod http;
 pub mod limits;
+pub mod rotation;
 pub mod service;
 pub mod store;
 
