@@ -1,7 +1,7 @@
 //! capture through its public gRPC interface, against the real binary: dedupe and merge and
 //! the dedupe race (R9, I3), idempotent retries (I2), personal data sealed, masked and erased
-//! (I8, R13), the merge review queue and unmerge, returns, source rules, consent evidence, and
-//! the auth matrix (R12).
+//! (I8, R13), the merge review queue and unmerge, returns, source rules, consent evidence, the
+//! auth matrix (R12), and rotation of the key-encryption key of personal data.
 //!
 //! Direct SQL only asserts what is stored; Redis `XRANGE` only asserts what was published.
 
@@ -9,6 +9,8 @@
 mod auth;
 #[path = "capture/idempotency.rs"]
 mod idempotency;
+#[path = "capture/key_rotation.rs"]
+mod key_rotation;
 #[path = "capture/merge.rs"]
 mod merge;
 #[path = "capture/privacy.rs"]

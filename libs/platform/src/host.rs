@@ -355,22 +355,55 @@ where
     B: FnOnce(C) -> Fut,
     Fut: Future<Output = anyhow::Result<Application>>,
 {
-    let command = Command::from_args();
+    run_with_commands(
+        spec,
+        load,
+        build,
+        |command: NoCommands, _config: C| async move { match command {} },
+    )
+    .await
+}
+
+/// Runs a service binary that has commands of its own (`E`) beside the platform's: those are
+/// handed to `handle` with the service's configuration, read as for `serve`.
+pub async fn run_with_commands<C, E, B, Fut, H, HandleFut>(
+    spec: &'static ServiceSpec,
+    load: fn() -> Result<C, crate::config::ConfigError>,
+    build: B,
+    handle: H,
+) -> anyhow::Result<()>
+where
+    E: clap::Subcommand,
+    B: FnOnce(C) -> Fut,
+    Fut: Future<Output = anyhow::Result<Application>>,
+    H: FnOnce(E, C) -> HandleFut,
+    HandleFut: Future<Output = anyhow::Result<()>>,
+{
+    let command = Command::<E>::from_args();
     // `migrate` needs only the shared settings: the Kubernetes Job carries no service secrets.
     let common = crate::config::or_exit(spec.name, crate::config::load(spec.prefix));
     let telemetry = crate::telemetry::init(spec.name)?;
-    match command {
-        Command::Migrate => migrate(spec, &common).await?,
+    let outcome = match command {
+        Command::Migrate => migrate(spec, &common).await,
         Command::CreateApiKey { name, scopes } => {
-            create_api_key(spec, common, &name, &scopes).await?
+            create_api_key(spec, common, &name, &scopes).await
         }
         Command::Serve => {
             let config = crate::config::or_exit(spec.name, load());
-            let app = build(config).await?;
-            app.run_until(crate::shutdown_signal()).await?;
+            match build(config).await {
+                Ok(app) => app.run_until(crate::shutdown_signal()).await,
+                Err(err) => Err(err),
+            }
         }
-    }
-    telemetry.shutdown().await
+        Command::Service(command) => {
+            let config = crate::config::or_exit(spec.name, load());
+            handle(command, config).await
+        }
+    };
+    // Flushed on failure too: the spans of a failed command are the ones worth reading.
+    let flushed = telemetry.shutdown().await;
+    outcome?;
+    flushed
 }
 
 /// Returns the API-key authenticator of a service whose keys live in its own schema.
@@ -424,9 +457,10 @@ async fn create_api_key(
     Ok(())
 }
 
-/// What a service binary is asked to do.
+/// What a service binary is asked to do: the platform's commands, or one of the service's own
+/// (`E`, flattened beside them).
 #[derive(Debug, Clone, PartialEq, Eq, clap::Subcommand)]
-pub enum Command {
+pub enum Command<E: clap::Subcommand = NoCommands> {
     /// Serve gRPC until SIGTERM (the default).
     Serve,
     /// Apply the service's database migrations and exit (the Kubernetes migration Job).
@@ -440,22 +474,28 @@ pub enum Command {
         #[arg(long = "scope", required = true)]
         scopes: Vec<String>,
     },
+    #[command(flatten)]
+    Service(E),
 }
+
+/// The commands of a service that has none of its own.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::Subcommand)]
+pub enum NoCommands {}
 
 #[derive(Debug, clap::Parser)]
 #[command(
     version,
     about = "A leadflow service; configured through its environment variables (see README)"
 )]
-struct Cli {
+struct Cli<E: clap::Subcommand> {
     #[command(subcommand)]
-    command: Option<Command>,
+    command: Option<Command<E>>,
 }
 
-impl Command {
+impl<E: clap::Subcommand> Command<E> {
     /// Parses the process arguments; no subcommand means `serve`.
     pub fn from_args() -> Self {
-        <Cli as clap::Parser>::parse()
+        <Cli<E> as clap::Parser>::parse()
             .command
             .unwrap_or(Command::Serve)
     }

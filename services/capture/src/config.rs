@@ -4,7 +4,7 @@ use std::net::SocketAddr;
 use std::str::FromStr;
 
 use leadflow_platform::config::{CommonConfig, ConfigError};
-use leadflow_platform::pii::Keyring;
+use leadflow_platform::pii::{Kek, Keyring};
 use phonenumber::country::Id as Region;
 use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
@@ -30,8 +30,12 @@ pub struct Settings {
     pub default_phone_region: String,
     /// Key of the keyed hashes that stand for email and phone in events (at least 32 bytes).
     pub identity_hash_key: SecretString,
-    /// Key-encryption key wrapping each lead's data key: 32 bytes as 64 hex characters.
+    /// Key-encryption key wrapping each lead's data key: 32 bytes as 64 hex characters. It
+    /// wraps every new data key (the primary key).
     pub pii_key: SecretString,
+    /// Earlier key-encryption keys, comma-separated, each 64 hex characters: they still unwrap
+    /// data keys not yet re-wrapped by `capture rotate-keys`, and never wrap new ones.
+    pub pii_previous_keys: Option<SecretString>,
     /// Key of the blind indexes used to find people by email and phone: 64 hex characters.
     pub blind_index_key: SecretString,
     /// Captures per minute allowed per API key on `CaptureLead`; 0 means unlimited.
@@ -106,19 +110,7 @@ impl Config {
                 message: "must be at least 32 bytes".to_owned(),
             });
         }
-        let keyring = Keyring::new(&self.settings.pii_key, &self.settings.blind_index_key)
-            .map_err(|err| {
-                let variable =
-                    if Keyring::new(&self.settings.pii_key, &self.settings.pii_key).is_err() {
-                        "PII_KEY"
-                    } else {
-                        "BLIND_INDEX_KEY"
-                    };
-                ConfigError {
-                    variable: format!("{PREFIX}{variable}"),
-                    message: err.to_string(),
-                }
-            })?;
+        let keyring = self.settings.keyring()?;
         Ok(Checked {
             normalize: NormalizeConfig {
                 default_region,
@@ -126,5 +118,105 @@ impl Config {
             },
             keyring,
         })
+    }
+}
+
+impl Settings {
+    /// Returns the keyring: the primary KEK, the previous ones and the blind-index key, each
+    /// checked apart so an error names its variable (never its value).
+    pub fn keyring(&self) -> Result<Keyring, ConfigError> {
+        let invalid = |variable: &str, message: String| ConfigError {
+            variable: format!("{PREFIX}{variable}"),
+            message,
+        };
+        let primary =
+            Kek::from_hex(&self.pii_key).map_err(|err| invalid("PII_KEY", err.to_string()))?;
+        let previous_keys = self
+            .pii_previous_keys
+            .as_ref()
+            .map(split_keys)
+            .unwrap_or_default();
+        let count = previous_keys.len();
+        let previous = previous_keys
+            .iter()
+            .enumerate()
+            .map(|(index, key)| {
+                Kek::from_hex(key).map_err(|err| {
+                    invalid(
+                        "PII_PREVIOUS_KEYS",
+                        format!("key {} of {count}: {err}", index + 1),
+                    )
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        Keyring::with_keys(primary, previous, &self.blind_index_key)
+            .map_err(|err| invalid("BLIND_INDEX_KEY", err.to_string()))
+    }
+}
+
+/// Returns the comma-separated keys of `keys`, blanks dropped (an empty variable is no key).
+fn split_keys(keys: &SecretString) -> Vec<SecretString> {
+    keys.expose_secret()
+        .split(',')
+        .map(str::trim)
+        .filter(|key| !key.is_empty())
+        .map(|key| SecretString::from(key.to_owned()))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings(pii_key: &str, previous: Option<&str>) -> Settings {
+        serde_json::from_value(serde_json::json!({
+            "identity_hash_key": "i".repeat(32),
+            "pii_key": pii_key,
+            "pii_previous_keys": previous,
+            "blind_index_key": "22".repeat(32),
+        }))
+        .expect("settings")
+    }
+
+    #[test]
+    fn previous_keys_are_comma_separated_and_only_unwrap() {
+        let keyring = settings(
+            &"11".repeat(32),
+            Some(&format!(" {} ,{},", "33".repeat(32), "44".repeat(32))),
+        )
+        .keyring()
+        .expect("valid keys");
+        assert_eq!(keyring.previous_key_ids().len(), 2);
+        for blank in [None, Some(""), Some(" , ")] {
+            let keyring = settings(&"11".repeat(32), blank).keyring().expect("valid");
+            assert!(keyring.previous_key_ids().is_empty(), "{blank:?}");
+        }
+    }
+
+    #[test]
+    fn a_bad_key_is_named_by_its_variable_and_never_shown() {
+        let cases = [
+            (settings("zz", None), "CAPTURE_PII_KEY", "zz"),
+            (
+                settings(
+                    &"11".repeat(32),
+                    Some(&format!("{},0123abcd", "33".repeat(32))),
+                ),
+                "CAPTURE_PII_PREVIOUS_KEYS",
+                "0123abcd",
+            ),
+        ];
+        for (settings, variable, secret) in cases {
+            let err = settings.keyring().expect_err("a bad key is refused");
+            assert_eq!(err.variable, variable);
+            assert!(!err.to_string().contains(secret), "{err}");
+        }
+        let err = settings(
+            &"11".repeat(32),
+            Some(&format!("{},0123abcd", "33".repeat(32))),
+        )
+        .keyring()
+        .expect_err("bad");
+        assert!(err.message.contains("key 2 of 2"), "{}", err.message);
     }
 }

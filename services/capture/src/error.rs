@@ -1,5 +1,6 @@
 //! capture's errors and how they become gRPC statuses.
 
+use leadflow_platform::pii::PiiError;
 use leadflow_platform::validation::FieldViolations;
 use tonic::Status;
 use tonic_types::StatusExt;
@@ -43,6 +44,21 @@ fn internal(source: &anyhow::Error) -> Status {
     if is_overloaded(source) {
         tracing::warn!("capture overloaded: no database connection in time");
         return Status::unavailable("capture is overloaded; retry with backoff");
+    }
+    let missing_key = source
+        .chain()
+        .filter_map(|cause| cause.downcast_ref::<PiiError>())
+        .any(PiiError::is_missing_key);
+    if missing_key {
+        // A configuration problem, not a bug: say so, so it is not mistaken for damaged data.
+        tracing::error!(
+            error = format!("{source:#}"),
+            "personal data is wrapped by a key-encryption key capture is not configured with: \
+             add it to CAPTURE_PII_PREVIOUS_KEYS (see README, Rotating the PII key)"
+        );
+        return Status::internal(
+            "this lead's personal data is wrapped by a key-encryption key the server is not configured with",
+        );
     }
     tracing::error!(error = format!("{source:#}"), "capture failed");
     Status::internal("internal error")

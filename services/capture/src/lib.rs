@@ -3,12 +3,14 @@
 //! `lead.captured` (and `lead.merged`, `lead.rejected`, `lead.erased`, `lead.returned`)
 //! through the transactional outbox.
 
+pub mod commands;
 pub mod config;
 pub mod domain;
 pub mod error;
 pub mod grpc;
 pub mod http;
 pub mod limits;
+pub mod rotation;
 pub mod service;
 pub mod store;
 
@@ -36,6 +38,18 @@ pub static SPEC: ServiceSpec = ServiceSpec {
 /// Connects, migrates when configured, binds the listener and wires the outbox and auth.
 pub async fn build(config: Config) -> anyhow::Result<Application> {
     let checked = config.check()?;
+    let previous_keys: Vec<String> = checked
+        .keyring
+        .previous_key_ids()
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+    // Key ids, never keys: which key wraps new data keys and which still unwrap old ones.
+    tracing::info!(
+        primary = %checked.keyring.primary_key_id(),
+        previous = previous_keys.join(","),
+        "pii key-encryption keys"
+    );
     let identity_key = checked.normalize.identity_hash_key.clone();
     let key_env = config.common.api_key_env.clone();
     let mut host = ServiceHost::start(&SPEC, config.common).await?;

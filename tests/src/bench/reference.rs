@@ -101,8 +101,8 @@ pub const SELECT_VIEW_CONSENTS: &str = "SELECT lead_id, consent_id, channels, di
 
 /// AES-256-GCM nonce + tag around every sealed value.
 const SEAL_OVERHEAD: usize = 12 + 16;
-/// A wrapped data key: nonce + 32-byte key + tag.
-const WRAPPED_KEY_LEN: usize = 12 + 32 + 16;
+/// A wrapped data key: format byte + key id + nonce + 32-byte key + tag.
+const WRAPPED_KEY_LEN: usize = 1 + 8 + 12 + 32 + 16;
 
 /// Random bytes to cut sealed values from, and the keys capture hashes with.
 pub struct Material {
