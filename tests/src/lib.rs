@@ -519,6 +519,52 @@ impl Suite {
         Ok(())
     }
 
+    /// Registers `source_id` with `settings` (which should name a `web_form`) and returns the
+    /// URL its form posts to, with the form key capture made.
+    pub async fn web_form_url(
+        &self,
+        source_id: &str,
+        settings: SourceSettings,
+    ) -> anyhow::Result<String> {
+        let source = self
+            .capture()
+            .await?
+            .create_source(CreateSourceRequest {
+                source_id: source_id.to_owned(),
+                settings: Some(settings),
+            })
+            .await?
+            .into_inner()
+            .source
+            .context("created source")?;
+        let form_key = source
+            .settings
+            .and_then(|settings| settings.web_form)
+            .map(|form| form.form_key)
+            .filter(|key| !key.is_empty())
+            .context("the source has a form key")?;
+        Ok(format!("{}/v1/forms/{form_key}", self.http_base()?))
+    }
+
+    /// Returns `http://<capture's web-form address>`.
+    pub fn http_base(&self) -> anyhow::Result<String> {
+        let addr = self
+            .running(Service::Capture)
+            .http_addr
+            .context("capture logged no `serving http` address")?;
+        Ok(format!("http://{addr}"))
+    }
+
+    /// Returns how many leads capture stored, counted in SQL.
+    pub async fn stored_leads(&self) -> anyhow::Result<i64> {
+        let mut db = self.env.connect().await?;
+        let (count,): (i64,) = sqlx::query_as("SELECT count(*) FROM capture.leads")
+            .fetch_one(&mut db)
+            .await
+            .context("count stored leads")?;
+        Ok(count)
+    }
+
     /// Returns a capture client calling with `api_key`.
     pub async fn capture_as(&self, api_key: &str) -> anyhow::Result<CaptureServiceClient<Authed>> {
         Ok(CaptureServiceClient::new(authed(
