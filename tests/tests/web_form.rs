@@ -427,6 +427,13 @@ async fn requests_the_endpoint_cannot_take_are_answered_by_status() -> anyhow::R
         unknown.json::<Value>().await?,
         json!({ "error": "unknown form" })
     );
+    // Once a 500: Postgres refused the NUL in the key it was asked to look up.
+    let nul = http
+        .post(format!("{}/v1/forms/wf_abc%00", suite.http_base()?))
+        .json(&json!({ "email": "a@acme-corp.example" }))
+        .send()
+        .await?;
+    assert_eq!(nul.status(), StatusCode::NOT_FOUND);
 
     let text = http
         .post(&url)

@@ -221,6 +221,16 @@ fn html(status: StatusCode, body: String) -> Response {
         .into_response()
 }
 
+/// Returns whether `form_key` could be a key at all: keys are `wf_` and 24 letters and digits.
+/// Anything else is not looked up; Postgres refuses a NUL in text, for one.
+fn plausible_form_key(form_key: &str) -> bool {
+    !form_key.is_empty()
+        && form_key.len() <= MAX_FORM_KEY_CHARS
+        && form_key
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+}
+
 /// Returns the seconds to put in `Retry-After`: `wait` rounded up, at least 1.
 fn retry_after_seconds(wait: Duration) -> u64 {
     (wait.as_secs() + u64::from(wait.subsec_nanos() > 0)).max(1)
@@ -421,7 +431,7 @@ fn refused(kind: Kind, status: StatusCode, code: &str, title: &str, reason: &str
 impl WebForms {
     /// Returns the source whose form has `form_key`, or the answer when there is none.
     async fn web_form(&self, form_key: &str) -> Result<(SourcePolicy, WebForm), Response> {
-        if form_key.chars().count() > MAX_FORM_KEY_CHARS {
+        if !plausible_form_key(form_key) {
             return Err(unknown_form());
         }
         match self.capturer.sources().by_form_key(form_key).await {
@@ -679,6 +689,24 @@ mod tests {
             check_origin(&headers(&[(header::ORIGIN, "https://a.test")]), &[]),
             Cors::Denied
         );
+    }
+
+    #[test]
+    fn only_plausible_form_keys_are_looked_up() {
+        assert!(plausible_form_key("wf_RpR4KFK8gSXVHKk1Zgo7PX4a"));
+        assert!(plausible_form_key("wf_a-b"));
+        for implausible in [
+            "",
+            "wf_abc\0",
+            "\0",
+            "wf_abc def",
+            "wf_abc/../x",
+            "wf_ä",
+            "wf_abc%00",
+            &"k".repeat(MAX_FORM_KEY_CHARS + 1),
+        ] {
+            assert!(!plausible_form_key(implausible), "{implausible:?}");
+        }
     }
 
     #[test]
