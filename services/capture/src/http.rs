@@ -12,11 +12,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
+use axum::body::Bytes;
 use axum::extract::{ConnectInfo, DefaultBodyLimit, FromRequest, Path, Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
-use axum::{Form, Json, Router};
+use axum::{Json, Router};
 use leadflow_platform::validation::FieldViolations;
 use leadflow_proto::capture::v1::{CaptureOutcome, WebForm};
 use serde_json::{Value, json};
@@ -322,17 +323,18 @@ fn json_fields(body: Value) -> Result<Posted, BodyError> {
 
 /// Reads the posted fields of a body of `kind`.
 async fn read_posted(kind: Kind, request: Request) -> Result<Posted, BodyError> {
+    // The bytes, then our own parsing: axum's `Form` and `Json` check the content type again by
+    // rules of their own (`Form` case-sensitively, `Json` by a strict parse) and refused, as
+    // malformed, bodies `body_kind` had taken (`Application/X-WWW-Form-Urlencoded`).
+    let bytes = Bytes::from_request(request, &())
+        .await
+        .map_err(|rejection| unreadable(rejection.status()))?;
     match kind {
-        Kind::Form => {
-            let Form(pairs) = Form::<Vec<(String, String)>>::from_request(request, &())
-                .await
-                .map_err(|rejection| unreadable(rejection.status()))?;
-            Ok(Posted::from_pairs(pairs))
-        }
+        Kind::Form => Ok(Posted::from_pairs(
+            url::form_urlencoded::parse(&bytes).into_owned(),
+        )),
         Kind::Json => {
-            let Json(body) = Json::<Value>::from_request(request, &())
-                .await
-                .map_err(|rejection| unreadable(rejection.status()))?;
+            let body: Value = serde_json::from_slice(&bytes).map_err(|_| BodyError::Malformed)?;
             json_fields(body)
         }
     }
@@ -733,6 +735,48 @@ mod tests {
         assert_eq!(key(&"k".repeat(128)), Ok(Some("k".repeat(128))));
         assert!(key(&"k".repeat(129)).is_err());
         assert_eq!(idempotency_key(&HeaderMap::new()), Ok(None));
+    }
+
+    fn post(content_type: &'static str, body: &'static str) -> Request {
+        let mut request = Request::new(axum::body::Body::from(body));
+        request
+            .headers_mut()
+            .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+        request
+    }
+
+    #[tokio::test]
+    async fn bodies_are_read_under_any_spelling_of_their_content_type() {
+        for content_type in [
+            "application/x-www-form-urlencoded",
+            "Application/X-WWW-Form-Urlencoded",
+            "APPLICATION/X-WWW-FORM-URLENCODED; charset=UTF-8",
+        ] {
+            let request = post(content_type, "email=a%40example.com&bad=%zz%e9");
+            let kind = body_kind(request.headers()).expect("a form");
+            let posted = read_posted(kind, request).await.expect(content_type);
+            assert_eq!(posted.value("email"), Some("a@example.com"));
+            assert_eq!(
+                posted.value("bad"),
+                Some("%zz\u{fffd}"),
+                "decoded leniently"
+            );
+        }
+        for content_type in ["application/json", "Application/JSON", "application/json;"] {
+            let request = post(content_type, r#"{"email": "a@example.com"}"#);
+            let kind = body_kind(request.headers()).expect("JSON");
+            let posted = read_posted(kind, request).await.expect(content_type);
+            assert_eq!(posted.value("email"), Some("a@example.com"));
+        }
+        for malformed in ["", "{\"email\": ", "[]", "{\"a\": 1e400}"] {
+            let request = post("application/json", malformed);
+            let unread = read_posted(Kind::Json, request).await.expect_err(malformed);
+            assert_eq!(
+                unread.into_response().status(),
+                StatusCode::BAD_REQUEST,
+                "{malformed}"
+            );
+        }
     }
 
     #[test]
