@@ -13,7 +13,7 @@ use leadflow_proto::capture::v1::{
 use reqwest::StatusCode;
 use reqwest::header::{
     ACCESS_CONTROL_ALLOW_HEADERS, ACCESS_CONTROL_ALLOW_METHODS, ACCESS_CONTROL_ALLOW_ORIGIN,
-    CONTENT_TYPE, LOCATION, RETRY_AFTER, VARY,
+    CONNECTION, CONTENT_TYPE, LOCATION, RETRY_AFTER, VARY,
 };
 use serde_json::{Value, json};
 
@@ -449,6 +449,9 @@ async fn requests_the_endpoint_cannot_take_are_answered_by_status() -> anyhow::R
         .send()
         .await?;
     assert_eq!(oversize.status(), StatusCode::PAYLOAD_TOO_LARGE);
+    // hyper closes a connection whose body was left unread; unless the answer says so, a
+    // client reusing the connection loses its next post.
+    assert_eq!(header(&oversize, CONNECTION), "close");
 
     let malformed = http
         .post(&url)
@@ -457,6 +460,11 @@ async fn requests_the_endpoint_cannot_take_are_answered_by_status() -> anyhow::R
         .send()
         .await?;
     assert_eq!(malformed.status(), StatusCode::BAD_REQUEST);
+    assert_eq!(
+        header(&malformed, CONNECTION),
+        "",
+        "read to the end: kept alive"
+    );
 
     assert_eq!(suite.stored_leads().await?, 0);
     Ok(())

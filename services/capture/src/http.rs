@@ -9,15 +9,19 @@ pub mod page;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::task::Poll;
 use std::time::Duration;
 
 use anyhow::Context;
-use axum::body::Bytes;
+use axum::body::{Body, Bytes, HttpBody};
 use axum::extract::{ConnectInfo, DefaultBodyLimit, FromRequest, Path, Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use axum::{Json, Router};
+use futures::StreamExt;
 use leadflow_platform::validation::FieldViolations;
 use leadflow_proto::capture::v1::{CaptureOutcome, WebForm};
 use serde_json::{Value, json};
@@ -111,12 +115,41 @@ pub fn router(capturer: Capturer, trust_forwarded_for: bool) -> Router {
             StatusCode::REQUEST_TIMEOUT,
             REQUEST_TIMEOUT,
         ))
+        .layer(axum::middleware::from_fn(close_if_body_unread))
         .layer(
             TraceLayer::new_for_http()
                 .make_span_with(request_span)
                 // Failures are logged once where they are handled.
                 .on_failure(()),
         )
+}
+
+/// Adds `Connection: close` to the answer to a request whose body was left unread (refused
+/// before reading it, or cut at the size limit). hyper closes such a connection after the
+/// answer unless the rest of the body is already buffered, but does not say so: a client
+/// reusing the connection for its next post loses that post ("connection closed before message
+/// completed").
+async fn close_if_body_unread(request: Request, next: Next) -> Response {
+    let (parts, body) = request.into_parts();
+    if body.is_end_stream() {
+        return next.run(Request::from_parts(parts, body)).await;
+    }
+    let read_to_end = Arc::new(AtomicBool::new(false));
+    let end_seen = Arc::clone(&read_to_end);
+    let tracked = body
+        .into_data_stream()
+        .chain(futures::stream::poll_fn(move |_| {
+            end_seen.store(true, Ordering::Relaxed);
+            Poll::Ready(None)
+        }));
+    let request = Request::from_parts(parts, Body::from_stream(tracked));
+    let mut response = next.run(request).await;
+    if !read_to_end.load(Ordering::Relaxed) {
+        response
+            .headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
+    response
 }
 
 /// Returns the span of one request: method and path only (never the query or the body).
