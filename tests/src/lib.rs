@@ -483,24 +483,43 @@ impl Suite {
             services,
             admin_key,
         };
-        suite
-            .create_source(
-                WEBSITE_SOURCE,
-                SourceSettings {
-                    name: "Website contact form".into(),
-                    kind: SourceKind::Form.into(),
-                    dedupe: Some(DedupePolicy {
-                        mode: DedupeMode::Merge.into(),
-                        window_seconds: 0,
-                    }),
-                    cost_per_lead_micros: 2_500_000,
-                    currency: "USD".into(),
-                    return_window_days: 30,
-                    ..SourceSettings::default()
-                },
-            )
-            .await?;
+        suite.create_website_source().await?;
         Ok(suite)
+    }
+
+    /// Starts capture alone, for tests of nothing else: the other services would only spend
+    /// the CPU consuming its events.
+    pub async fn start_capture() -> anyhow::Result<Self> {
+        let env = TestEnv::create().await?;
+        let admin_key = env.create_api_key("e2e-admin", &["admin"]).await?;
+        let capture = Running::start(Service::Capture, &env.service_env(Service::Capture)).await?;
+        let suite = Self {
+            env,
+            services: [(Service::Capture, capture)].into(),
+            admin_key,
+        };
+        suite.create_website_source().await?;
+        Ok(suite)
+    }
+
+    /// Registers [`WEBSITE_SOURCE`] (merge policy).
+    async fn create_website_source(&self) -> anyhow::Result<()> {
+        self.create_source(
+            WEBSITE_SOURCE,
+            SourceSettings {
+                name: "Website contact form".into(),
+                kind: SourceKind::Form.into(),
+                dedupe: Some(DedupePolicy {
+                    mode: DedupeMode::Merge.into(),
+                    window_seconds: 0,
+                }),
+                cost_per_lead_micros: 2_500_000,
+                currency: "USD".into(),
+                return_window_days: 30,
+                ..SourceSettings::default()
+            },
+        )
+        .await
     }
 
     /// Registers a source with the admin key.
@@ -574,7 +593,9 @@ impl Suite {
     }
 
     fn running(&self, service: Service) -> &Running {
-        &self.services[&service]
+        self.services
+            .get(&service)
+            .unwrap_or_else(|| panic!("{service:?} was not started in this suite"))
     }
 
     /// Returns a capture client with the admin key.

@@ -142,7 +142,7 @@ fn generate(count: usize) -> Vec<CaptureLeadRequest> {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn generated_capture_requests_never_fail_internally() -> anyhow::Result<()> {
-    let suite = Suite::start().await?;
+    let suite = Suite::start_capture().await?;
     let requests = generate(cases());
     let started = Instant::now();
     let client = suite.capture().await?;
@@ -206,7 +206,7 @@ async fn generated_capture_requests_never_fail_internally() -> anyhow::Result<()
 
 #[tokio::test(flavor = "multi_thread")]
 async fn generated_import_rows_each_get_a_result_and_none_fails_internally() -> anyhow::Result<()> {
-    let suite = Suite::start().await?;
+    let suite = Suite::start_capture().await?;
     let rows: Vec<ImportLeadsRequest> = generate(cases())
         .into_iter()
         .enumerate()
