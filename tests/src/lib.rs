@@ -485,24 +485,43 @@ impl Suite {
             services,
             admin_key,
         };
-        suite
-            .create_source(
-                WEBSITE_SOURCE,
-                SourceSettings {
-                    name: "Website contact form".into(),
-                    kind: SourceKind::Form.into(),
-                    dedupe: Some(DedupePolicy {
-                        mode: DedupeMode::Merge.into(),
-                        window_seconds: 0,
-                    }),
-                    cost_per_lead_micros: 2_500_000,
-                    currency: "USD".into(),
-                    return_window_days: 30,
-                    ..SourceSettings::default()
-                },
-            )
-            .await?;
+        suite.create_website_source().await?;
         Ok(suite)
+    }
+
+    /// Starts capture alone, for tests of nothing else: the other services would only spend
+    /// the CPU consuming its events.
+    pub async fn start_capture() -> anyhow::Result<Self> {
+        let env = TestEnv::create().await?;
+        let admin_key = env.create_api_key("e2e-admin", &["admin"]).await?;
+        let capture = Running::start(Service::Capture, &env.service_env(Service::Capture)).await?;
+        let suite = Self {
+            env,
+            services: [(Service::Capture, capture)].into(),
+            admin_key,
+        };
+        suite.create_website_source().await?;
+        Ok(suite)
+    }
+
+    /// Registers [`WEBSITE_SOURCE`] (merge policy).
+    async fn create_website_source(&self) -> anyhow::Result<()> {
+        self.create_source(
+            WEBSITE_SOURCE,
+            SourceSettings {
+                name: "Website contact form".into(),
+                kind: SourceKind::Form.into(),
+                dedupe: Some(DedupePolicy {
+                    mode: DedupeMode::Merge.into(),
+                    window_seconds: 0,
+                }),
+                cost_per_lead_micros: 2_500_000,
+                currency: "USD".into(),
+                return_window_days: 30,
+                ..SourceSettings::default()
+            },
+        )
+        .await
     }
 
     /// Registers a source with the admin key.
@@ -521,6 +540,54 @@ impl Suite {
         Ok(())
     }
 
+    /// Registers `source_id` with `settings` (which should name a `web_form`) and returns the
+    /// URL its form posts to, with the form key capture made.
+    pub async fn web_form_url(
+        &self,
+        source_id: &str,
+        settings: SourceSettings,
+    ) -> anyhow::Result<String> {
+        let source = self
+            .capture()
+            .await?
+            .create_source(CreateSourceRequest {
+                source_id: source_id.to_owned(),
+                settings: Some(settings),
+            })
+            .await?
+            .into_inner()
+            .source
+            .context("created source")?;
+        let form_key = source
+            .settings
+            .and_then(|settings| settings.web_form)
+            .map(|form| form.form_key)
+            .filter(|key| !key.is_empty())
+            .context("the source has a form key")?;
+        Ok(format!("{}/v1/forms/{form_key}", self.http_base()?))
+    }
+
+    /// Returns `http://<capture's web-form address>`.
+    pub fn http_base(&self) -> anyhow::Result<String> {
+        let addr = self
+            .running(Service::Capture)
+            .http_addr
+            .context("capture logged no `serving http` address")?;
+        Ok(format!("http://{addr}"))
+    }
+
+    /// Returns how many leads capture stored, counted in SQL.
+    pub async fn stored_leads(&self) -> anyhow::Result<i64> {
+        let mut db = self.env.connect().await?;
+        // A re-capture merged into a lead is kept as a record of that lead, not a lead.
+        let (count,): (i64,) =
+            sqlx::query_as("SELECT count(*) FROM capture.leads WHERE merged_into IS NULL")
+                .fetch_one(&mut db)
+                .await
+                .context("count stored leads")?;
+        Ok(count)
+    }
+
     /// Returns a capture client calling with `api_key`.
     pub async fn capture_as(&self, api_key: &str) -> anyhow::Result<CaptureServiceClient<Authed>> {
         Ok(CaptureServiceClient::new(authed(
@@ -530,7 +597,9 @@ impl Suite {
     }
 
     fn running(&self, service: Service) -> &Running {
-        &self.services[&service]
+        self.services
+            .get(&service)
+            .unwrap_or_else(|| panic!("{service:?} was not started in this suite"))
     }
 
     /// Returns a capture client with the admin key.

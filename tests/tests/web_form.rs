@@ -5,15 +5,15 @@
 use std::time::Duration;
 
 use anyhow::Context;
-use leadflow_e2e::{Service, Suite};
+use leadflow_e2e::Suite;
 use leadflow_proto::capture::v1::{
-    ConsentChannel, CreateSourceRequest, DedupeMode, DedupePolicy, GetLeadRequest, LegalBasis,
-    ListLeadsRequest, SourceKind, SourceSettings, WebForm,
+    ConsentChannel, DedupeMode, DedupePolicy, GetLeadRequest, LegalBasis, ListLeadsRequest,
+    SourceKind, SourceSettings, WebForm,
 };
 use reqwest::StatusCode;
 use reqwest::header::{
     ACCESS_CONTROL_ALLOW_HEADERS, ACCESS_CONTROL_ALLOW_METHODS, ACCESS_CONTROL_ALLOW_ORIGIN,
-    CONTENT_TYPE, LOCATION, RETRY_AFTER, VARY,
+    CONNECTION, CONTENT_TYPE, LOCATION, RETRY_AFTER, VARY,
 };
 use serde_json::{Value, json};
 
@@ -49,57 +49,12 @@ fn form_settings() -> SourceSettings {
     }
 }
 
-/// Registers `source_id` with `settings` and returns the URL its form posts to.
-async fn form_url(
-    suite: &Suite,
-    source_id: &str,
-    settings: SourceSettings,
-) -> anyhow::Result<String> {
-    let source = suite
-        .capture()
-        .await?
-        .create_source(CreateSourceRequest {
-            source_id: source_id.to_owned(),
-            settings: Some(settings),
-        })
-        .await?
-        .into_inner()
-        .source
-        .context("created source")?;
-    let form_key = source
-        .settings
-        .and_then(|settings| settings.web_form)
-        .map(|form| form.form_key)
-        .filter(|key| !key.is_empty())
-        .context("the source has a form key")?;
-    Ok(format!("{}/v1/forms/{form_key}", http_base(suite)?))
-}
-
-/// Returns `http://<capture's http address>`.
-fn http_base(suite: &Suite) -> anyhow::Result<String> {
-    let addr = suite.services[&Service::Capture]
-        .http_addr
-        .context("capture logged no `serving http` address")?;
-    Ok(format!("http://{addr}"))
-}
-
 /// An HTTP client that shows redirects instead of following them.
 fn client() -> anyhow::Result<reqwest::Client> {
     Ok(reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
         .timeout(Duration::from_secs(20))
         .build()?)
-}
-
-/// Returns the leads stored in capture, counted in SQL.
-/// Leads stored (a re-capture merged into a lead is part of it, not a lead).
-async fn stored_leads(suite: &Suite) -> anyhow::Result<i64> {
-    let mut db = suite.env.connect().await?;
-    let (count,): (i64,) =
-        sqlx::query_as("SELECT count(*) FROM capture.leads WHERE merged_into IS NULL")
-            .fetch_one(&mut db)
-            .await?;
-    Ok(count)
 }
 
 fn header(response: &reqwest::Response, name: reqwest::header::HeaderName) -> &str {
@@ -113,7 +68,7 @@ fn header(response: &reqwest::Response, name: reqwest::header::HeaderName) -> &s
 #[tokio::test(flavor = "multi_thread")]
 async fn a_form_post_creates_a_lead_and_redirects_to_the_thank_you_page() -> anyhow::Result<()> {
     let suite = Suite::start().await?;
-    let url = form_url(&suite, "contact-form", form_settings()).await?;
+    let url = suite.web_form_url("contact-form", form_settings()).await?;
 
     let response = client()?
         .post(&url)
@@ -222,7 +177,7 @@ async fn a_form_post_creates_a_lead_and_redirects_to_the_thank_you_page() -> any
 #[tokio::test(flavor = "multi_thread")]
 async fn a_json_post_from_an_allowed_origin_is_created_with_cors_headers() -> anyhow::Result<()> {
     let suite = Suite::start().await?;
-    let url = form_url(&suite, "contact-form", form_settings()).await?;
+    let url = suite.web_form_url("contact-form", form_settings()).await?;
     let http = client()?;
     let post = |body: Value| {
         http.post(&url)
@@ -267,14 +222,14 @@ async fn a_json_post_from_an_allowed_origin_is_created_with_cors_headers() -> an
     let first: Value = first.json().await?;
     let again: Value = retried().await?.json().await?;
     assert_eq!(first, again);
-    assert_eq!(stored_leads(&suite).await?, 2);
+    assert_eq!(suite.stored_leads().await?, 2);
     Ok(())
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn preflight_is_answered_for_allowed_origins_only() -> anyhow::Result<()> {
     let suite = Suite::start().await?;
-    let url = form_url(&suite, "contact-form", form_settings()).await?;
+    let url = suite.web_form_url("contact-form", form_settings()).await?;
     let http = client()?;
     let preflight = |origin: &'static str| {
         http.request(reqwest::Method::OPTIONS, &url)
@@ -320,14 +275,14 @@ async fn preflight_is_answered_for_allowed_origins_only() -> anyhow::Result<()> 
         .await?;
     assert_eq!(posted.status(), StatusCode::FORBIDDEN);
     assert!(posted.headers().get(ACCESS_CONTROL_ALLOW_ORIGIN).is_none());
-    assert_eq!(stored_leads(&suite).await?, 0);
+    assert_eq!(suite.stored_leads().await?, 0);
     Ok(())
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_filled_honeypot_looks_accepted_but_stores_nothing() -> anyhow::Result<()> {
     let suite = Suite::start().await?;
-    let url = form_url(&suite, "contact-form", form_settings()).await?;
+    let url = suite.web_form_url("contact-form", form_settings()).await?;
     let http = client()?;
 
     let form = http
@@ -353,7 +308,7 @@ async fn a_filled_honeypot_looks_accepted_but_stores_nothing() -> anyhow::Result
     assert_eq!(body["outcome"], "created");
     uuid::Uuid::parse_str(body["lead_id"].as_str().context("lead_id")?)?;
 
-    assert_eq!(stored_leads(&suite).await?, 0);
+    assert_eq!(suite.stored_leads().await?, 0);
     assert!(
         suite
             .all_logs()
@@ -367,7 +322,7 @@ async fn a_filled_honeypot_looks_accepted_but_stores_nothing() -> anyhow::Result
 #[tokio::test(flavor = "multi_thread")]
 async fn a_bad_email_is_rejected_by_field_as_json_and_as_an_escaped_page() -> anyhow::Result<()> {
     let suite = Suite::start().await?;
-    let url = form_url(&suite, "contact-form", form_settings()).await?;
+    let url = suite.web_form_url("contact-form", form_settings()).await?;
     let http = client()?;
 
     let script = http
@@ -406,22 +361,22 @@ async fn a_bad_email_is_rejected_by_field_as_json_and_as_an_escaped_page() -> an
         html.contains("E-Mail"),
         "named as the form named it: {html}"
     );
-    assert_eq!(stored_leads(&suite).await?, 0);
+    assert_eq!(suite.stored_leads().await?, 0);
     Ok(())
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_source_over_its_rate_limit_gets_429_with_retry_after() -> anyhow::Result<()> {
     let suite = Suite::start().await?;
-    let url = form_url(
-        &suite,
-        "slow-form",
-        SourceSettings {
-            rate_limit_per_minute: 2,
-            ..form_settings()
-        },
-    )
-    .await?;
+    let url = suite
+        .web_form_url(
+            "slow-form",
+            SourceSettings {
+                rate_limit_per_minute: 2,
+                ..form_settings()
+            },
+        )
+        .await?;
     let http = client()?;
     let mut statuses = Vec::new();
     let mut retry_after = None;
@@ -449,20 +404,20 @@ async fn a_source_over_its_rate_limit_gets_429_with_retry_after() -> anyhow::Res
         (1..=60).contains(&retry_after),
         "Retry-After: {retry_after}"
     );
-    assert_eq!(stored_leads(&suite).await?, 2);
+    assert_eq!(suite.stored_leads().await?, 2);
     Ok(())
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn requests_the_endpoint_cannot_take_are_answered_by_status() -> anyhow::Result<()> {
     let suite = Suite::start().await?;
-    let url = form_url(&suite, "contact-form", form_settings()).await?;
+    let url = suite.web_form_url("contact-form", form_settings()).await?;
     let http = client()?;
 
     let unknown = http
         .post(format!(
             "{}/v1/forms/wf_nosuchformkey000000000000",
-            http_base(&suite)?
+            suite.http_base()?
         ))
         .json(&json!({ "email": "a@acme-corp.example" }))
         .send()
@@ -472,6 +427,13 @@ async fn requests_the_endpoint_cannot_take_are_answered_by_status() -> anyhow::R
         unknown.json::<Value>().await?,
         json!({ "error": "unknown form" })
     );
+    // Once a 500: Postgres refused the NUL in the key it was asked to look up.
+    let nul = http
+        .post(format!("{}/v1/forms/wf_abc%00", suite.http_base()?))
+        .json(&json!({ "email": "a@acme-corp.example" }))
+        .send()
+        .await?;
+    assert_eq!(nul.status(), StatusCode::NOT_FOUND);
 
     let text = http
         .post(&url)
@@ -487,6 +449,9 @@ async fn requests_the_endpoint_cannot_take_are_answered_by_status() -> anyhow::R
         .send()
         .await?;
     assert_eq!(oversize.status(), StatusCode::PAYLOAD_TOO_LARGE);
+    // hyper closes a connection whose body was left unread; unless the answer says so, a
+    // client reusing the connection loses its next post.
+    assert_eq!(header(&oversize, CONNECTION), "close");
 
     let malformed = http
         .post(&url)
@@ -495,7 +460,12 @@ async fn requests_the_endpoint_cannot_take_are_answered_by_status() -> anyhow::R
         .send()
         .await?;
     assert_eq!(malformed.status(), StatusCode::BAD_REQUEST);
+    assert_eq!(
+        header(&malformed, CONNECTION),
+        "",
+        "read to the end: kept alive"
+    );
 
-    assert_eq!(stored_leads(&suite).await?, 0);
+    assert_eq!(suite.stored_leads().await?, 0);
     Ok(())
 }

@@ -9,14 +9,19 @@ pub mod page;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::task::Poll;
 use std::time::Duration;
 
 use anyhow::Context;
+use axum::body::{Body, Bytes, HttpBody};
 use axum::extract::{ConnectInfo, DefaultBodyLimit, FromRequest, Path, Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
-use axum::{Form, Json, Router};
+use axum::{Json, Router};
+use futures::StreamExt;
 use leadflow_platform::validation::FieldViolations;
 use leadflow_proto::capture::v1::{CaptureOutcome, WebForm};
 use serde_json::{Value, json};
@@ -110,12 +115,41 @@ pub fn router(capturer: Capturer, trust_forwarded_for: bool) -> Router {
             StatusCode::REQUEST_TIMEOUT,
             REQUEST_TIMEOUT,
         ))
+        .layer(axum::middleware::from_fn(close_if_body_unread))
         .layer(
             TraceLayer::new_for_http()
                 .make_span_with(request_span)
                 // Failures are logged once where they are handled.
                 .on_failure(()),
         )
+}
+
+/// Adds `Connection: close` to the answer to a request whose body was left unread (refused
+/// before reading it, or cut at the size limit). hyper closes such a connection after the
+/// answer unless the rest of the body is already buffered, but does not say so: a client
+/// reusing the connection for its next post loses that post ("connection closed before message
+/// completed").
+async fn close_if_body_unread(request: Request, next: Next) -> Response {
+    let (parts, body) = request.into_parts();
+    if body.is_end_stream() {
+        return next.run(Request::from_parts(parts, body)).await;
+    }
+    let read_to_end = Arc::new(AtomicBool::new(false));
+    let end_seen = Arc::clone(&read_to_end);
+    let tracked = body
+        .into_data_stream()
+        .chain(futures::stream::poll_fn(move |_| {
+            end_seen.store(true, Ordering::Relaxed);
+            Poll::Ready(None)
+        }));
+    let request = Request::from_parts(parts, Body::from_stream(tracked));
+    let mut response = next.run(request).await;
+    if !read_to_end.load(Ordering::Relaxed) {
+        response
+            .headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
+    response
 }
 
 /// Returns the span of one request: method and path only (never the query or the body).
@@ -221,6 +255,16 @@ fn html(status: StatusCode, body: String) -> Response {
         .into_response()
 }
 
+/// Returns whether `form_key` could be a key at all: keys are `wf_` and 24 letters and digits.
+/// Anything else is not looked up; Postgres refuses a NUL in text, for one.
+fn plausible_form_key(form_key: &str) -> bool {
+    !form_key.is_empty()
+        && form_key.len() <= MAX_FORM_KEY_CHARS
+        && form_key
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+}
+
 /// Returns the seconds to put in `Retry-After`: `wait` rounded up, at least 1.
 fn retry_after_seconds(wait: Duration) -> u64 {
     (wait.as_secs() + u64::from(wait.subsec_nanos() > 0)).max(1)
@@ -312,17 +356,18 @@ fn json_fields(body: Value) -> Result<Posted, BodyError> {
 
 /// Reads the posted fields of a body of `kind`.
 async fn read_posted(kind: Kind, request: Request) -> Result<Posted, BodyError> {
+    // The bytes, then our own parsing: axum's `Form` and `Json` check the content type again by
+    // rules of their own (`Form` case-sensitively, `Json` by a strict parse) and refused, as
+    // malformed, bodies `body_kind` had taken (`Application/X-WWW-Form-Urlencoded`).
+    let bytes = Bytes::from_request(request, &())
+        .await
+        .map_err(|rejection| unreadable(rejection.status()))?;
     match kind {
-        Kind::Form => {
-            let Form(pairs) = Form::<Vec<(String, String)>>::from_request(request, &())
-                .await
-                .map_err(|rejection| unreadable(rejection.status()))?;
-            Ok(Posted::from_pairs(pairs))
-        }
+        Kind::Form => Ok(Posted::from_pairs(
+            url::form_urlencoded::parse(&bytes).into_owned(),
+        )),
         Kind::Json => {
-            let Json(body) = Json::<Value>::from_request(request, &())
-                .await
-                .map_err(|rejection| unreadable(rejection.status()))?;
+            let body: Value = serde_json::from_slice(&bytes).map_err(|_| BodyError::Malformed)?;
             json_fields(body)
         }
     }
@@ -421,7 +466,7 @@ fn refused(kind: Kind, status: StatusCode, code: &str, title: &str, reason: &str
 impl WebForms {
     /// Returns the source whose form has `form_key`, or the answer when there is none.
     async fn web_form(&self, form_key: &str) -> Result<(SourcePolicy, WebForm), Response> {
-        if form_key.chars().count() > MAX_FORM_KEY_CHARS {
+        if !plausible_form_key(form_key) {
             return Err(unknown_form());
         }
         match self.capturer.sources().by_form_key(form_key).await {
@@ -689,6 +734,24 @@ mod tests {
     }
 
     #[test]
+    fn only_plausible_form_keys_are_looked_up() {
+        assert!(plausible_form_key("wf_RpR4KFK8gSXVHKk1Zgo7PX4a"));
+        assert!(plausible_form_key("wf_a-b"));
+        for implausible in [
+            "",
+            "wf_abc\0",
+            "\0",
+            "wf_abc def",
+            "wf_abc/../x",
+            "wf_ä",
+            "wf_abc%00",
+            &"k".repeat(MAX_FORM_KEY_CHARS + 1),
+        ] {
+            assert!(!plausible_form_key(implausible), "{implausible:?}");
+        }
+    }
+
+    #[test]
     fn retry_after_rounds_up_to_whole_seconds() {
         assert_eq!(retry_after_seconds(Duration::from_millis(0)), 1);
         assert_eq!(retry_after_seconds(Duration::from_millis(1)), 1);
@@ -712,6 +775,48 @@ mod tests {
         assert_eq!(key(&"k".repeat(128)), Ok(Some("k".repeat(128))));
         assert!(key(&"k".repeat(129)).is_err());
         assert_eq!(idempotency_key(&HeaderMap::new()), Ok(None));
+    }
+
+    fn post(content_type: &'static str, body: &'static str) -> Request {
+        let mut request = Request::new(axum::body::Body::from(body));
+        request
+            .headers_mut()
+            .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+        request
+    }
+
+    #[tokio::test]
+    async fn bodies_are_read_under_any_spelling_of_their_content_type() {
+        for content_type in [
+            "application/x-www-form-urlencoded",
+            "Application/X-WWW-Form-Urlencoded",
+            "APPLICATION/X-WWW-FORM-URLENCODED; charset=UTF-8",
+        ] {
+            let request = post(content_type, "email=a%40example.com&bad=%zz%e9");
+            let kind = body_kind(request.headers()).expect("a form");
+            let posted = read_posted(kind, request).await.expect(content_type);
+            assert_eq!(posted.value("email"), Some("a@example.com"));
+            assert_eq!(
+                posted.value("bad"),
+                Some("%zz\u{fffd}"),
+                "decoded leniently"
+            );
+        }
+        for content_type in ["application/json", "Application/JSON", "application/json;"] {
+            let request = post(content_type, r#"{"email": "a@example.com"}"#);
+            let kind = body_kind(request.headers()).expect("JSON");
+            let posted = read_posted(kind, request).await.expect(content_type);
+            assert_eq!(posted.value("email"), Some("a@example.com"));
+        }
+        for malformed in ["", "{\"email\": ", "[]", "{\"a\": 1e400}"] {
+            let request = post("application/json", malformed);
+            let unread = read_posted(Kind::Json, request).await.expect_err(malformed);
+            assert_eq!(
+                unread.into_response().status(),
+                StatusCode::BAD_REQUEST,
+                "{malformed}"
+            );
+        }
     }
 
     #[test]
