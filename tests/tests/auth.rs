@@ -498,3 +498,61 @@ async fn create_api_key_refuses_keys_it_cannot_register() -> anyhow::Result<()> 
     }
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn list_messages_masks_subjects_without_pii_read() -> anyhow::Result<()> {
+    use leadflow_proto::capture::v1::{CaptureLeadRequest, LeadInput};
+    use leadflow_proto::messaging::v1::messaging_service_client::MessagingServiceClient;
+
+    let suite = Suite::start().await?;
+    let lead_id = suite
+        .capture()
+        .await?
+        .capture_lead(CaptureLeadRequest {
+            lead: Some(LeadInput {
+                email: "masked@example.org".into(),
+                first_name: "Maskedname".into(),
+                source: leadflow_e2e::WEBSITE_SOURCE.into(),
+                channel: "web".into(),
+                ..LeadInput::default()
+            }),
+            ..CaptureLeadRequest::default()
+        })
+        .await?
+        .into_inner()
+        .lead
+        .map(|lead| lead.lead_id)
+        .unwrap_or_default();
+
+    let mut subjects = Vec::new();
+    for (name, scopes) in [
+        ("reader", vec!["leads:read"]),
+        ("pii-reader", vec!["leads:read", "pii:read"]),
+    ] {
+        let key = leadflow_platform::auth::generate(API_KEY_ENV)?
+            .plaintext
+            .expose_secret()
+            .to_owned();
+        suite
+            .env
+            .import_api_key(Service::Messaging, &key, name, &scopes)
+            .await?;
+        let client = MessagingServiceClient::new(suite.channel_as(Service::Messaging, &key).await?);
+        let subject = eventually("welcome email listed", WAIT, || {
+            let mut client = client.clone();
+            let lead_id = lead_id.clone();
+            async move {
+                let messages = client
+                    .list_messages(ListMessagesRequest { lead_id })
+                    .await?
+                    .into_inner()
+                    .messages;
+                Ok(messages.into_iter().next().map(|message| message.subject))
+            }
+        })
+        .await?;
+        subjects.push(subject);
+    }
+    assert_eq!(subjects, ["W***", "Welcome, Maskedname"]);
+    Ok(())
+}

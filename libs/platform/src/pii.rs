@@ -15,6 +15,15 @@ use sha2::Sha256;
 const NONCE_LEN: usize = 12;
 const KEY_LEN: usize = 32;
 
+/// Masks personal text for callers without `pii:read`: the first character stays.
+pub fn mask(text: &str) -> String {
+    let mut chars = text.chars();
+    match chars.next() {
+        None => String::new(),
+        Some(first) => format!("{first}***"),
+    }
+}
+
 /// Why sealing or opening failed.
 #[derive(Debug, thiserror::Error)]
 pub enum PiiError {

@@ -170,6 +170,8 @@ impl MessagingService for MessagingApi {
     ) -> Result<Response<ListMessagesResponse>, Status> {
         let caller = Caller::require(&request, Scope::LeadsRead)?;
         tracing::Span::current().record("key_id", caller.key_id.as_str());
+        // A subject can carry the lead's name ("Welcome, Ada").
+        let unmask = caller.has(Scope::PiiRead);
         let lead_id = require_uuid("lead_id", &request.get_ref().lead_id)
             .map_err(|violations| violations.into_status("request rejected"))?;
         let messages = self.store.list(lead_id).await.map_err(internal)?;
@@ -189,7 +191,11 @@ impl MessagingService for MessagingApi {
                     .into(),
                     template: message.template,
                     provider: message.provider,
-                    subject: message.subject,
+                    subject: if unmask {
+                        message.subject
+                    } else {
+                        leadflow_platform::pii::mask(&message.subject)
+                    },
                     sent_at: Some(prost_types::Timestamp {
                         seconds: message.sent_at.timestamp(),
                         nanos: message.sent_at.timestamp_subsec_nanos() as i32,
