@@ -18,6 +18,7 @@ use leadflow_proto::capture::v1::{
     CreateSourceRequest, DedupeMode, DedupePolicy, SourceKind, SourceSettings,
 };
 use leadflow_proto::messaging::v1::messaging_service_client::MessagingServiceClient;
+use leadflow_proto::messaging::v1::{ListMessagesRequest, Message};
 use leadflow_proto::qualification::v1::qualification_service_client::QualificationServiceClient;
 use secrecy::SecretString;
 use sqlx::{Connection, PgConnection};
@@ -742,6 +743,28 @@ impl Suite {
     pub fn all_logs(&self) -> Vec<String> {
         self.services.values().flat_map(Running::logs).collect()
     }
+}
+
+/// Waits up to `within` until messaging lists a message sent to `lead_id`, asking through
+/// `client`; returns every message listed then.
+pub async fn sent_messages(
+    client: &MessagingServiceClient<Authed>,
+    lead_id: &str,
+    within: Duration,
+) -> anyhow::Result<Vec<Message>> {
+    eventually("a message sent", within, || {
+        let mut client = client.clone();
+        let lead_id = lead_id.to_owned();
+        async move {
+            let messages = client
+                .list_messages(ListMessagesRequest { lead_id })
+                .await?
+                .into_inner()
+                .messages;
+            Ok(Some(messages).filter(|messages| !messages.is_empty()))
+        }
+    })
+    .await
 }
 
 /// Polls `probe` every 100 ms until it returns `Some`, failing after `within`.

@@ -184,42 +184,56 @@ async fn every_qualification_messaging_and_analytics_rpc_denies_without_the_righ
     Ok(())
 }
 
+/// Returns how each service answers the suite's admin key: capture `ListSources` (an admin
+/// RPC), qualification `GetLead` and messaging `ListMessages` of a lead nobody has, analytics
+/// `GetFunnel`.
+async fn answers_to_the_admin_key(suite: &Suite) -> anyhow::Result<[Code; 4]> {
+    fn code<T>(answer: Result<T, tonic::Status>) -> Code {
+        answer.map_or_else(|status| status.code(), |_| Code::Ok)
+    }
+    let unknown_lead = uuid::Uuid::new_v4().to_string();
+    let capture = suite
+        .capture()
+        .await?
+        .list_sources(ListSourcesRequest {})
+        .await;
+    let qualification = suite
+        .qualification()
+        .await?
+        .get_lead(GetLeadRequest {
+            lead_id: unknown_lead.clone(),
+        })
+        .await;
+    let messaging = suite
+        .messaging()
+        .await?
+        .list_messages(ListMessagesRequest {
+            lead_id: unknown_lead,
+        })
+        .await;
+    let analytics = suite
+        .analytics()
+        .await?
+        .get_funnel(GetFunnelRequest::default())
+        .await;
+    Ok([
+        code(capture),
+        code(qualification),
+        code(messaging),
+        code(analytics),
+    ])
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn one_admin_key_registered_in_every_service_works_in_each() -> anyhow::Result<()> {
     // The suite creates the admin key with `capture create-api-key` and registers the same
     // key in the other three with `create-api-key --key-from-stdin`.
     let suite = Suite::start_with(&[SHORT_KEY_CACHE]).await?;
     let admin = leadflow_platform::auth::parse(&suite.admin_key)?;
-    let unknown_lead = uuid::Uuid::new_v4().to_string();
-
-    suite
-        .capture()
-        .await?
-        .list_sources(ListSourcesRequest {})
-        .await?;
-    let missing = suite
-        .qualification()
-        .await?
-        .get_lead(GetLeadRequest {
-            lead_id: unknown_lead.clone(),
-        })
-        .await
-        .expect_err("no such lead");
-    assert_eq!(missing.code(), Code::NotFound, "{missing:?}");
-    let messages = suite
-        .messaging()
-        .await?
-        .list_messages(ListMessagesRequest {
-            lead_id: unknown_lead,
-        })
-        .await?
-        .into_inner();
-    assert!(messages.messages.is_empty());
-    suite
-        .analytics()
-        .await?
-        .get_funnel(GetFunnelRequest::default())
-        .await?;
+    assert_eq!(
+        answers_to_the_admin_key(&suite).await?,
+        [Code::Ok, Code::NotFound, Code::Ok, Code::Ok]
+    );
 
     // Four tables hold the one key id, each with its own service's hash of the secret.
     let mut db = suite.env.connect().await?;
@@ -251,30 +265,22 @@ async fn one_admin_key_registered_in_every_service_works_in_each() -> anyhow::Re
         .env
         .revoke_api_key(Service::Analytics, &admin.key_id)
         .await?;
-    let analytics = suite.analytics().await?;
-    eventually("analytics refuses the revoked key", WAIT, || {
-        let mut client = analytics.clone();
-        async move {
-            let refused = client.get_funnel(GetFunnelRequest::default()).await.err();
-            Ok(refused.filter(|status| status.code() == Code::Unauthenticated))
-        }
+    let suite = &suite;
+    eventually(
+        "only analytics refuses the revoked key",
+        WAIT,
+        || async move {
+            let answers = answers_to_the_admin_key(suite).await?;
+            Ok(Some(answers).filter(|answers| answers[3] == Code::Unauthenticated))
+        },
+    )
+    .await
+    .map(|answers| {
+        assert_eq!(
+            answers,
+            [Code::Ok, Code::NotFound, Code::Ok, Code::Unauthenticated]
+        );
     })
-    .await?;
-    suite
-        .capture()
-        .await?
-        .list_sources(ListSourcesRequest {})
-        .await?;
-    let still_admitted = suite
-        .qualification()
-        .await?
-        .get_lead(GetLeadRequest {
-            lead_id: uuid::Uuid::new_v4().to_string(),
-        })
-        .await
-        .expect_err("no such lead");
-    assert_eq!(still_admitted.code(), Code::NotFound);
-    Ok(())
 }
 
 /// Runs `leadctl <args>` against the suite with `api_key` in `LEADCTL_API_KEY`; returns its
@@ -538,20 +544,8 @@ async fn list_messages_masks_subjects_without_pii_read() -> anyhow::Result<()> {
             .import_api_key(Service::Messaging, &key, name, &scopes)
             .await?;
         let client = MessagingServiceClient::new(suite.channel_as(Service::Messaging, &key).await?);
-        let subject = eventually("welcome email listed", WAIT, || {
-            let mut client = client.clone();
-            let lead_id = lead_id.clone();
-            async move {
-                let messages = client
-                    .list_messages(ListMessagesRequest { lead_id })
-                    .await?
-                    .into_inner()
-                    .messages;
-                Ok(messages.into_iter().next().map(|message| message.subject))
-            }
-        })
-        .await?;
-        subjects.push(subject);
+        let messages = leadflow_e2e::sent_messages(&client, &lead_id, WAIT).await?;
+        subjects.extend(messages.into_iter().map(|message| message.subject));
     }
     assert_eq!(subjects, ["W***", "Welcome, Maskedname"]);
     Ok(())
