@@ -12,6 +12,10 @@ use serde::de::DeserializeOwned;
 /// Exit code for a configuration error (`EX_USAGE`).
 pub const EXIT_CONFIG: i32 = 64;
 
+/// Longest API-key cache TTL accepted: a day. A revocation should not wait longer, and the
+/// cache panics on absurd durations.
+pub const MAX_API_KEY_CACHE_TTL_MS: u64 = 24 * 60 * 60 * 1000;
+
 /// A configuration error naming the environment variable at fault.
 #[derive(Debug, thiserror::Error)]
 #[error("{variable}: {message}")]
@@ -127,10 +131,6 @@ fn default_api_key_env() -> String {
 fn default_api_key_cache_ttl_ms() -> u64 {
     crate::auth::authenticator::DEFAULT_CACHE_TTL.as_millis() as u64
 }
-
-/// Longest API-key cache TTL accepted: a day. A revocation should not wait longer, and the
-/// cache refuses absurd durations.
-pub const MAX_API_KEY_CACHE_TTL_MS: u64 = 24 * 60 * 60 * 1000;
 fn default_true() -> bool {
     true
 }

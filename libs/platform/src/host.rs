@@ -363,22 +363,14 @@ where
     let telemetry = crate::telemetry::init(spec.name)?;
     match command {
         Command::Migrate => migrate(spec, &common).await?,
-        Command::CreateApiKey(args) => {
-            crate::config::or_exit(spec.name, common.check_api_keys(spec.prefix));
-            keys::create(spec, &common, args).await?;
-        }
-        Command::RevokeApiKey { key_id } => {
-            crate::config::or_exit(spec.name, common.check_api_keys(spec.prefix));
-            keys::revoke(spec, &common, &key_id).await?;
-        }
-        Command::ListApiKeys => {
-            crate::config::or_exit(spec.name, common.check_api_keys(spec.prefix));
-            keys::list(spec, &common).await?;
-        }
         Command::Serve => {
             let config = crate::config::or_exit(spec.name, load());
             let app = build(config).await?;
             app.run_until(crate::shutdown_signal()).await?;
+        }
+        key_command => {
+            crate::config::or_exit(spec.name, common.check_api_keys(spec.prefix));
+            keys::run(spec, &common, key_command).await?;
         }
     }
     telemetry.shutdown().await

@@ -13,7 +13,7 @@ use secrecy::SecretString;
 use secrecy::zeroize::Zeroize;
 use tokio::io::AsyncReadExt;
 
-use super::{CreateApiKeyArgs, ServiceSpec, authenticator};
+use super::{Command, CreateApiKeyArgs, ServiceSpec, authenticator};
 use crate::auth::{KeyStore, Scope, StoredKeyInfo};
 use crate::config::CommonConfig;
 
@@ -21,8 +21,22 @@ use crate::config::CommonConfig;
 /// is not one (and a wrong file is not read whole into memory).
 const MAX_KEY_INPUT_BYTES: u64 = 1024;
 
+/// Runs a key subcommand; `serve` and `migrate` are not ones and do nothing here.
+pub(super) async fn run(
+    spec: &'static ServiceSpec,
+    common: &CommonConfig,
+    command: Command,
+) -> anyhow::Result<()> {
+    match command {
+        Command::CreateApiKey(args) => create(spec, common, args).await,
+        Command::RevokeApiKey { key_id } => revoke(spec, common, &key_id).await,
+        Command::ListApiKeys => list(spec, common).await,
+        Command::Serve | Command::Migrate => Ok(()),
+    }
+}
+
 /// Creates a key and prints it once on stdout, or registers the key `args` point to.
-pub(super) async fn create(
+async fn create(
     spec: &'static ServiceSpec,
     common: &CommonConfig,
     args: CreateApiKeyArgs,
@@ -80,7 +94,7 @@ pub(super) async fn create(
 
 /// Revokes `key_id` in this service's table; running servers stop accepting it within their
 /// key cache TTL. Revoking a revoked key succeeds again; an unknown id is an error.
-pub(super) async fn revoke(
+async fn revoke(
     spec: &'static ServiceSpec,
     common: &CommonConfig,
     key_id: &str,
@@ -104,7 +118,7 @@ pub(super) async fn revoke(
 
 /// Prints every key of this service's table, one a line, tab-separated: id, name, env,
 /// scopes, created, expires, revoked.
-pub(super) async fn list(spec: &'static ServiceSpec, common: &CommonConfig) -> anyhow::Result<()> {
+async fn list(spec: &'static ServiceSpec, common: &CommonConfig) -> anyhow::Result<()> {
     let store = open_store(spec, common).await?;
     let keys = store.list().await.context("list api keys")?;
     println!("key_id\tname\tenv\tscopes\tcreated_at\texpires_at\trevoked_at");
