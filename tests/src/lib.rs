@@ -1,5 +1,7 @@
 //! Test harness: starts the real service binaries as child processes against a fresh
-//! database and stream prefix, and hands out typed gRPC clients.
+//! database and stream prefix, and hands out typed gRPC clients carrying API keys.
+
+pub mod auth;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -16,10 +18,11 @@ use leadflow_proto::capture::v1::{
     CreateSourceRequest, DedupeMode, DedupePolicy, SourceKind, SourceSettings,
 };
 use leadflow_proto::messaging::v1::messaging_service_client::MessagingServiceClient;
+use leadflow_proto::messaging::v1::{ListMessagesRequest, Message};
 use leadflow_proto::qualification::v1::qualification_service_client::QualificationServiceClient;
 use secrecy::SecretString;
 use sqlx::{Connection, PgConnection};
-use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::process::{Child, Command};
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
@@ -34,8 +37,8 @@ pub const PII_KEY: &str = "11111111111111111111111111111111111111111111111111111
 /// Blind-index key in tests (32 bytes, hex).
 pub const BLIND_INDEX_KEY: &str =
     "2222222222222222222222222222222222222222222222222222222222222222";
-/// Pepper of API-key hashes in tests.
-pub const API_KEY_PEPPER: &str = "e2e-api-key-pepper-0123456789abcdefghij";
+/// Environment named in the tests' API keys (`lf_test_…`).
+pub const API_KEY_ENV: &str = "test";
 /// The source every suite registers (merge policy).
 pub const WEBSITE_SOURCE: &str = "website";
 
@@ -88,30 +91,93 @@ impl TestEnv {
     /// Creates an API key with `scopes` through capture's `create-api-key` subcommand (the
     /// bootstrap path of the README) and returns it.
     pub async fn create_api_key(&self, name: &str, scopes: &[&str]) -> anyhow::Result<String> {
-        let mut command = Command::new(binary_path("capture")?);
-        command.arg("create-api-key").arg("--name").arg(name);
-        for scope in scopes {
-            command.arg("--scope").arg(scope);
-        }
-        let output = command
-            .env_clear()
-            .env("RUST_LOG", "warn")
-            .envs(self.service_env(Service::Capture))
-            .output()
+        self.create_api_key_in(Service::Capture, name, scopes, &[])
             .await
-            .context("run capture create-api-key")?;
-        if !output.status.success() {
-            bail!(
-                "create-api-key failed: {}",
-                String::from_utf8_lossy(&output.stderr)
-            );
-        }
-        let key = String::from_utf8(output.stdout)?
+    }
+
+    /// Creates an API key in `service`'s key table through its `create-api-key` subcommand,
+    /// with `extra` arguments (e.g. `--expires-at`), and returns it.
+    pub async fn create_api_key_in(
+        &self,
+        service: Service,
+        name: &str,
+        scopes: &[&str],
+        extra: &[&str],
+    ) -> anyhow::Result<String> {
+        let mut args = key_args(name, scopes);
+        args.extend(extra.iter().map(|arg| (*arg).to_owned()));
+        let output = self.run_command(service, &args, None).await?;
+        let stdout = succeeded(service, &args, output)?;
+        Ok(stdout
             .lines()
             .find(|line| line.starts_with("lf_"))
             .context("create-api-key printed no key")?
-            .to_owned();
-        Ok(key)
+            .to_owned())
+    }
+
+    /// Registers the existing `key` in `service`'s key table through
+    /// `create-api-key --key-from-stdin` (how the README shares one key across the suite).
+    pub async fn import_api_key(
+        &self,
+        service: Service,
+        key: &str,
+        name: &str,
+        scopes: &[&str],
+    ) -> anyhow::Result<()> {
+        let mut args = key_args(name, scopes);
+        args.push("--key-from-stdin".to_owned());
+        let output = self
+            .run_command(service, &args, Some(format!("{key}\n").as_bytes()))
+            .await?;
+        succeeded(service, &args, output).map(drop)
+    }
+
+    /// Revokes `key_id` in `service`'s key table through its `revoke-api-key` subcommand.
+    pub async fn revoke_api_key(&self, service: Service, key_id: &str) -> anyhow::Result<()> {
+        let args = ["revoke-api-key".to_owned(), key_id.to_owned()];
+        let output = self.run_command(service, &args, None).await?;
+        succeeded(service, &args, output).map(drop)
+    }
+
+    /// Runs `<service> <args…>` (e.g. a key subcommand) with this test's environment for that
+    /// service and `stdin` as its standard input; returns its output whatever its exit status.
+    pub async fn run_command(
+        &self,
+        service: Service,
+        args: &[String],
+        stdin: Option<&[u8]>,
+    ) -> anyhow::Result<std::process::Output> {
+        let mut child = Command::new(binary_path(service.binary())?)
+            .args(args)
+            .env_clear()
+            .env("RUST_LOG", "warn")
+            .envs(self.service_env(service))
+            .stdin(if stdin.is_some() {
+                Stdio::piped()
+            } else {
+                Stdio::null()
+            })
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .with_context(|| format!("spawn {}", service.binary()))?;
+        if let (Some(bytes), Some(mut input)) = (stdin, child.stdin.take()) {
+            // A command that stops before reading (a bad argument) closes the pipe early: its
+            // exit status and stderr tell why, not this write.
+            match input.write_all(bytes).await {
+                Err(err) if err.kind() != std::io::ErrorKind::BrokenPipe => {
+                    return Err(err).context("write stdin");
+                }
+                _ => {}
+            }
+            // Dropping `input` closes the pipe, so the command reads to the end.
+        }
+        let output = tokio::time::timeout(Duration::from_secs(60), child.wait_with_output())
+            .await
+            .with_context(|| format!("{} {} timed out", service.binary(), args.join(" ")))?
+            .with_context(|| format!("run {}", service.binary()))?;
+        Ok(output)
     }
 
     /// Returns a connection to the test database, for asserting what services stored.
@@ -183,6 +249,8 @@ impl TestEnv {
             (format!("{prefix}CONSUMER_MIN_IDLE_MS"), "1000".to_owned()),
             (format!("{prefix}HEALTH_INTERVAL_MS"), "200".to_owned()),
             (format!("{prefix}SHUTDOWN_GRACE_MS"), "5000".to_owned()),
+            (format!("{prefix}API_KEY_PEPPER"), api_key_pepper(service)),
+            (format!("{prefix}API_KEY_ENV"), API_KEY_ENV.to_owned()),
         ];
         match service {
             Service::Capture => {
@@ -190,8 +258,6 @@ impl TestEnv {
                     ("CAPTURE_IDENTITY_HASH_KEY", IDENTITY_HASH_KEY),
                     ("CAPTURE_PII_KEY", PII_KEY),
                     ("CAPTURE_BLIND_INDEX_KEY", BLIND_INDEX_KEY),
-                    ("CAPTURE_API_KEY_PEPPER", API_KEY_PEPPER),
-                    ("CAPTURE_API_KEY_ENV", "test"),
                     // Tests run side by side: never the fixed default port.
                     ("CAPTURE_HTTP_ADDR", "127.0.0.1:0"),
                     // Sweep old idempotent answers often enough for a test to see it.
@@ -208,6 +274,44 @@ impl TestEnv {
         }
         env
     }
+}
+
+/// Returns the pepper of `service`'s API-key hashes in tests: each service has its own, as
+/// deployments should, so a key shared across the suite is hashed differently in each table.
+pub fn api_key_pepper(service: Service) -> String {
+    format!("e2e-{}-api-key-pepper-0123456789abcdef", service.binary())
+}
+
+/// Returns the `create-api-key` arguments for a key named `name` holding `scopes`.
+fn key_args(name: &str, scopes: &[&str]) -> Vec<String> {
+    let mut args = vec![
+        "create-api-key".to_owned(),
+        "--name".to_owned(),
+        name.to_owned(),
+    ];
+    for scope in scopes {
+        args.push("--scope".to_owned());
+        args.push((*scope).to_owned());
+    }
+    args
+}
+
+/// Returns the stdout of a command that exited successfully, or fails with its stderr.
+fn succeeded(
+    service: Service,
+    args: &[String],
+    output: std::process::Output,
+) -> anyhow::Result<String> {
+    if !output.status.success() {
+        bail!(
+            "{} {} failed ({}): {}",
+            service.binary(),
+            args.first().map_or("", String::as_str),
+            output.status,
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    Ok(String::from_utf8(output.stdout)?)
 }
 
 /// One entry of a Redis stream: its id and its fields with their raw bytes.
@@ -259,6 +363,14 @@ impl Service {
             Service::Analytics => "analytics",
         }
     }
+
+    /// Every service, in the order the suite starts them.
+    pub const ALL: [Service; 4] = [
+        Service::Capture,
+        Service::Qualification,
+        Service::Messaging,
+        Service::Analytics,
+    ];
 
     /// Returns the environment prefix.
     pub fn prefix(self) -> &'static str {
@@ -421,6 +533,35 @@ impl Running {
         Ok(response.into_inner().status())
     }
 
+    /// Returns the service names v1 reflection lists, asked without an API key.
+    pub async fn reflected_services(&self) -> anyhow::Result<Vec<String>> {
+        use tonic_reflection::pb::v1::ServerReflectionRequest;
+        use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
+        use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
+        use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
+
+        let question = ServerReflectionRequest {
+            host: String::new(),
+            message_request: Some(MessageRequest::ListServices(String::new())),
+        };
+        let mut answers = ServerReflectionClient::new(self.channel().await?)
+            .server_reflection_info(tokio_stream::once(question))
+            .await?
+            .into_inner();
+        let answer = answers
+            .message()
+            .await?
+            .context("reflection answered nothing")?;
+        match answer.message_response {
+            Some(MessageResponse::ListServicesResponse(list)) => Ok(list
+                .service
+                .into_iter()
+                .map(|service| service.name)
+                .collect()),
+            other => bail!("unexpected reflection answer {other:?}"),
+        }
+    }
+
     /// Sends SIGTERM and waits for the exit status.
     pub async fn terminate(mut self, within: Duration) -> anyhow::Result<std::process::ExitStatus> {
         let pid = self.child.id().context("process already gone")?;
@@ -453,24 +594,59 @@ pub fn authed(channel: Channel, api_key: &str) -> anyhow::Result<Authed> {
 pub struct Suite {
     pub env: TestEnv,
     pub services: HashMap<Service, Running>,
-    /// A key with every scope.
+    /// A key with every scope: created by capture and registered in the other three services,
+    /// as the README bootstraps a deployment.
     pub admin_key: String,
+    /// messaging's key for capture (`leads:read`, `pii:read`), registered in capture only.
+    pub messaging_key: String,
 }
 
 impl Suite {
     /// Starts capture, then the others (messaging needs capture's address).
     pub async fn start() -> anyhow::Result<Self> {
+        Self::start_with(&[]).await
+    }
+
+    /// Starts the suite with `settings` added to every service's environment under its
+    /// prefix: `("API_KEY_CACHE_TTL_MS", "200")` sets `CAPTURE_API_KEY_CACHE_TTL_MS`, ….
+    pub async fn start_with(settings: &[(&str, &str)]) -> anyhow::Result<Self> {
         let env = TestEnv::create().await?;
         let admin_key = env.create_api_key("e2e-admin", &["admin"]).await?;
+        let admin_key_ref = admin_key.as_str();
+        let env_ref = &env;
+        futures::future::try_join_all(
+            [
+                Service::Qualification,
+                Service::Messaging,
+                Service::Analytics,
+            ]
+            .map(|service| async move {
+                env_ref
+                    .import_api_key(service, admin_key_ref, "e2e-admin", &["admin"])
+                    .await
+            }),
+        )
+        .await?;
         let messaging_key = env
             .create_api_key("e2e-messaging", &["leads:read", "pii:read"])
             .await?;
-        let capture = Running::start(Service::Capture, &env.service_env(Service::Capture)).await?;
-        let mut messaging_env = env.service_env(Service::Messaging);
+        let service_env =
+            |service: Service| {
+                let mut vars = env.service_env(service);
+                vars.extend(settings.iter().map(|(name, value)| {
+                    (format!("{}{name}", service.prefix()), (*value).to_owned())
+                }));
+                vars
+            };
+        let capture = Running::start(Service::Capture, &service_env(Service::Capture)).await?;
+        let mut messaging_env = service_env(Service::Messaging);
         messaging_env.push(("MESSAGING_CAPTURE_URL".to_owned(), capture.url()));
-        messaging_env.push(("MESSAGING_CAPTURE_API_KEY".to_owned(), messaging_key));
-        let qualification_env = env.service_env(Service::Qualification);
-        let analytics_env = env.service_env(Service::Analytics);
+        messaging_env.push((
+            "MESSAGING_CAPTURE_API_KEY".to_owned(),
+            messaging_key.clone(),
+        ));
+        let qualification_env = service_env(Service::Qualification);
+        let analytics_env = service_env(Service::Analytics);
         let (qualification, messaging, analytics) = tokio::try_join!(
             Running::start(Service::Qualification, &qualification_env),
             Running::start(Service::Messaging, &messaging_env),
@@ -484,6 +660,7 @@ impl Suite {
             env,
             services,
             admin_key,
+            messaging_key,
         };
         suite.create_website_source().await?;
         Ok(suite)
@@ -499,6 +676,8 @@ impl Suite {
             env,
             services: [(Service::Capture, capture)].into(),
             admin_key,
+            // No messaging runs, so no key for it.
+            messaging_key: String::new(),
         };
         suite.create_website_source().await?;
         Ok(suite)
@@ -588,12 +767,16 @@ impl Suite {
         Ok(count)
     }
 
+    /// Returns a channel to `service` that sends `api_key` with every call.
+    pub async fn channel_as(&self, service: Service, api_key: &str) -> anyhow::Result<Authed> {
+        authed(self.running(service).channel().await?, api_key)
+    }
+
     /// Returns a capture client calling with `api_key`.
     pub async fn capture_as(&self, api_key: &str) -> anyhow::Result<CaptureServiceClient<Authed>> {
-        Ok(CaptureServiceClient::new(authed(
-            self.running(Service::Capture).channel().await?,
-            api_key,
-        )?))
+        Ok(CaptureServiceClient::new(
+            self.channel_as(Service::Capture, api_key).await?,
+        ))
     }
 
     fn running(&self, service: Service) -> &Running {
@@ -607,21 +790,25 @@ impl Suite {
         self.capture_as(&self.admin_key).await
     }
 
-    pub async fn qualification(&self) -> anyhow::Result<QualificationServiceClient<Channel>> {
+    /// Returns a qualification client with the admin key.
+    pub async fn qualification(&self) -> anyhow::Result<QualificationServiceClient<Authed>> {
         Ok(QualificationServiceClient::new(
-            self.running(Service::Qualification).channel().await?,
+            self.channel_as(Service::Qualification, &self.admin_key)
+                .await?,
         ))
     }
 
-    pub async fn messaging(&self) -> anyhow::Result<MessagingServiceClient<Channel>> {
+    /// Returns a messaging client with the admin key.
+    pub async fn messaging(&self) -> anyhow::Result<MessagingServiceClient<Authed>> {
         Ok(MessagingServiceClient::new(
-            self.running(Service::Messaging).channel().await?,
+            self.channel_as(Service::Messaging, &self.admin_key).await?,
         ))
     }
 
-    pub async fn analytics(&self) -> anyhow::Result<AnalyticsServiceClient<Channel>> {
+    /// Returns an analytics client with the admin key.
+    pub async fn analytics(&self) -> anyhow::Result<AnalyticsServiceClient<Authed>> {
         Ok(AnalyticsServiceClient::new(
-            self.running(Service::Analytics).channel().await?,
+            self.channel_as(Service::Analytics, &self.admin_key).await?,
         ))
     }
 
@@ -629,6 +816,28 @@ impl Suite {
     pub fn all_logs(&self) -> Vec<String> {
         self.services.values().flat_map(Running::logs).collect()
     }
+}
+
+/// Waits up to `within` until messaging lists a message sent to `lead_id`, asking through
+/// `client`; returns every message listed then.
+pub async fn sent_messages(
+    client: &MessagingServiceClient<Authed>,
+    lead_id: &str,
+    within: Duration,
+) -> anyhow::Result<Vec<Message>> {
+    eventually("a message sent", within, || {
+        let mut client = client.clone();
+        let lead_id = lead_id.to_owned();
+        async move {
+            let messages = client
+                .list_messages(ListMessagesRequest { lead_id })
+                .await?
+                .into_inner()
+                .messages;
+            Ok(Some(messages).filter(|messages| !messages.is_empty()))
+        }
+    })
+    .await
 }
 
 /// Polls `probe` every 100 ms until it returns `Some`, failing after `within`.

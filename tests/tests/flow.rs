@@ -9,7 +9,7 @@ use leadflow_proto::capture::v1::{
     CaptureLeadRequest, GetLeadRequest as CaptureGetLead, LeadInput,
 };
 use leadflow_proto::events::v1::{InboundKind, LeadStage, MessageChannel};
-use leadflow_proto::messaging::v1::{ListMessagesRequest, RecordInboundRequest};
+use leadflow_proto::messaging::v1::RecordInboundRequest;
 use leadflow_proto::qualification::v1::GetLeadRequest;
 use tonic::Code;
 use tonic_health::pb::health_check_response::ServingStatus;
@@ -109,19 +109,7 @@ async fn a_captured_lead_flows_through_every_service() -> anyhow::Result<()> {
 
     // 3. messaging sent one welcome email through the sink.
     let mut messaging = suite.messaging().await?;
-    let messages = eventually("welcome email sent", WAIT, || {
-        let mut client = messaging.clone();
-        let lead_id = lead_id.clone();
-        async move {
-            let messages = client
-                .list_messages(ListMessagesRequest { lead_id })
-                .await?
-                .into_inner()
-                .messages;
-            Ok(Some(messages).filter(|messages| !messages.is_empty()))
-        }
-    })
-    .await?;
+    let messages = leadflow_e2e::sent_messages(&messaging, &lead_id, WAIT).await?;
     assert_eq!(messages.len(), 1);
     assert_eq!(messages[0].template, "welcome");
     assert_eq!(messages[0].provider, "sink");

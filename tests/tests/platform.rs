@@ -122,33 +122,11 @@ async fn a_missing_variable_stops_start_up_naming_it() -> anyhow::Result<()> {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn reflection_lists_the_services_in_both_versions() -> anyhow::Result<()> {
-    use tonic_reflection::pb::{v1, v1alpha};
+    use tonic_reflection::pb::v1alpha;
     let env = TestEnv::create().await?;
     let capture = Running::start(Service::Capture, &env.service_env(Service::Capture)).await?;
 
-    let mut client =
-        v1::server_reflection_client::ServerReflectionClient::new(capture.channel().await?);
-    let request = v1::ServerReflectionRequest {
-        host: String::new(),
-        message_request: Some(v1::server_reflection_request::MessageRequest::ListServices(
-            String::new(),
-        )),
-    };
-    let mut responses = client
-        .server_reflection_info(tokio_stream_once(request))
-        .await?
-        .into_inner();
-    let response = responses.message().await?.expect("a reflection response");
-    let Some(v1::server_reflection_response::MessageResponse::ListServicesResponse(list)) =
-        response.message_response
-    else {
-        panic!("unexpected reflection response");
-    };
-    let names: Vec<String> = list
-        .service
-        .into_iter()
-        .map(|service| service.name)
-        .collect();
+    let names = capture.reflected_services().await?;
     for expected in [
         "leadflow.capture.v1.CaptureService",
         "grpc.health.v1.Health",

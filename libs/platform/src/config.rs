@@ -12,6 +12,10 @@ use serde::de::DeserializeOwned;
 /// Exit code for a configuration error (`EX_USAGE`).
 pub const EXIT_CONFIG: i32 = 64;
 
+/// Longest API-key cache TTL accepted: a day. A revocation should not wait longer, and the
+/// cache panics on absurd durations.
+pub const MAX_API_KEY_CACHE_TTL_MS: u64 = 24 * 60 * 60 * 1000;
+
 /// A configuration error naming the environment variable at fault.
 #[derive(Debug, thiserror::Error)]
 #[error("{variable}: {message}")]
@@ -104,9 +108,14 @@ pub struct CommonConfig {
     /// Pepper of the API-key secret hashes (at least 32 bytes); services that check keys
     /// require it.
     pub api_key_pepper: Option<SecretString>,
-    /// Environment named in new API keys (`lf_<env>_…`): `dev`, `test`, `live`.
+    /// Environment named in new API keys (`lf_<env>_…`): `dev`, `test`, `live`; imported keys
+    /// must name it too.
     #[serde(default = "default_api_key_env")]
     pub api_key_env: String,
+    /// How long a looked-up API key is trusted without asking Postgres again: a key revoked
+    /// by another process (`revoke-api-key`, another replica) stops working within this time.
+    #[serde(default = "default_api_key_cache_ttl_ms")]
+    pub api_key_cache_ttl_ms: u64,
     /// Whether gRPC reflection is open to callers without a key (else it needs `admin`).
     #[serde(default = "default_true")]
     pub reflection_open: bool,
@@ -118,6 +127,9 @@ fn default_database_max_connections() -> u32 {
 
 fn default_api_key_env() -> String {
     "dev".to_owned()
+}
+fn default_api_key_cache_ttl_ms() -> u64 {
+    crate::auth::authenticator::DEFAULT_CACHE_TTL.as_millis() as u64
 }
 fn default_true() -> bool {
     true
@@ -153,6 +165,38 @@ impl CommonConfig {
     pub fn shutdown_grace(&self) -> Duration {
         Duration::from_millis(self.shutdown_grace_ms)
     }
+
+    /// Returns how long a looked-up API key is cached.
+    pub fn api_key_cache_ttl(&self) -> Duration {
+        Duration::from_millis(self.api_key_cache_ttl_ms)
+    }
+
+    /// Checks the settings of a service that verifies API keys, read under `prefix`: the pepper
+    /// is set and long enough, the key environment is a valid token and the cache TTL at most
+    /// [`MAX_API_KEY_CACHE_TTL_MS`]. The error names the variable.
+    pub fn check_api_keys(&self, prefix: &str) -> Result<(), ConfigError> {
+        let error = |name: &str, message: String| ConfigError {
+            variable: format!("{prefix}{name}"),
+            message,
+        };
+        let Some(pepper) = &self.api_key_pepper else {
+            return Err(error(
+                "API_KEY_PEPPER",
+                "is required but not set".to_owned(),
+            ));
+        };
+        crate::auth::Pepper::new(pepper.clone())
+            .map_err(|err| error("API_KEY_PEPPER", err.to_string()))?;
+        crate::auth::key::validate_env(&self.api_key_env)
+            .map_err(|err| error("API_KEY_ENV", err.to_string()))?;
+        if self.api_key_cache_ttl_ms > MAX_API_KEY_CACHE_TTL_MS {
+            return Err(error(
+                "API_KEY_CACHE_TTL_MS",
+                format!("must be at most {MAX_API_KEY_CACHE_TTL_MS} (a day)"),
+            ));
+        }
+        Ok(())
+    }
 }
 
 #[cfg(test)]
@@ -176,6 +220,65 @@ mod tests {
             .unwrap_err();
         assert_eq!(err.variable, "SAMPLE_DATABASE_URL");
         assert!(err.message.contains("required"), "{}", err.message);
+    }
+
+    /// Returns the settings of the two required variables alone: defaults for the rest.
+    fn minimal() -> CommonConfig {
+        Figment::new()
+            .merge(("database_url", "postgres://localhost/x"))
+            .merge(("redis_url", "redis://localhost"))
+            .extract()
+            .expect("common config")
+    }
+
+    /// Returns settings with the given API-key fields and defaults for the rest.
+    fn common(pepper: Option<&str>, env: &str, cache_ttl_ms: u64) -> CommonConfig {
+        let mut config = minimal();
+        config.api_key_pepper = pepper.map(|pepper| SecretString::from(pepper.to_owned()));
+        config.api_key_env = env.to_owned();
+        config.api_key_cache_ttl_ms = cache_ttl_ms;
+        config
+    }
+
+    #[test]
+    fn api_key_settings_are_checked_naming_the_variable() {
+        let pepper = "p".repeat(crate::auth::pepper::MIN_PEPPER_LEN);
+        let short = "p".repeat(crate::auth::pepper::MIN_PEPPER_LEN - 1);
+        let cases = [
+            (Some(pepper.as_str()), "live", 30_000, None),
+            (Some(pepper.as_str()), "live", 0, None),
+            (None, "live", 30_000, Some("SAMPLE_API_KEY_PEPPER")),
+            (
+                Some(short.as_str()),
+                "live",
+                30_000,
+                Some("SAMPLE_API_KEY_PEPPER"),
+            ),
+            (
+                Some(pepper.as_str()),
+                "Live",
+                30_000,
+                Some("SAMPLE_API_KEY_ENV"),
+            ),
+            (
+                Some(pepper.as_str()),
+                "live",
+                MAX_API_KEY_CACHE_TTL_MS + 1,
+                Some("SAMPLE_API_KEY_CACHE_TTL_MS"),
+            ),
+        ];
+        for (pepper, env, cache_ttl_ms, expected) in cases {
+            let checked = common(pepper, env, cache_ttl_ms).check_api_keys("SAMPLE_");
+            assert_eq!(
+                checked.err().map(|err| err.variable),
+                expected.map(str::to_owned),
+                "{pepper:?} {env} {cache_ttl_ms}"
+            );
+        }
+        assert_eq!(
+            minimal().api_key_cache_ttl(),
+            crate::auth::authenticator::DEFAULT_CACHE_TTL
+        );
     }
 
     #[test]

@@ -3,6 +3,8 @@
 //! stops accepting, drains in-flight calls, stops consumers (acknowledging what they
 //! finished), and flushes the outbox.
 
+mod keys;
+
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -22,7 +24,7 @@ use tonic_health::ServingStatus;
 use tonic_health::pb::health_server::HealthServer;
 use tonic_health::server::{HealthReporter, HealthService};
 
-use crate::auth::{AuthLayer, Authenticator, KeyStore, Pepper, Scope};
+use crate::auth::{AuthLayer, Authenticator, KeyStore, Pepper};
 use crate::config::CommonConfig;
 use crate::events::consumer::{Consumer, ConsumerSettings, EventHandler};
 use crate::events::outbox::Outbox;
@@ -385,9 +387,6 @@ where
     let telemetry = crate::telemetry::init(spec.name)?;
     let outcome = match command {
         Command::Migrate => migrate(spec, &common).await,
-        Command::CreateApiKey { name, scopes } => {
-            create_api_key(spec, common, &name, &scopes).await
-        }
         Command::Serve => {
             let config = crate::config::or_exit(spec.name, load());
             match build(config).await {
@@ -399,6 +398,18 @@ where
             let config = crate::config::or_exit(spec.name, load());
             handle(command, config).await
         }
+        Command::CreateApiKey(args) => {
+            crate::config::or_exit(spec.name, common.check_api_keys(spec.prefix));
+            keys::create(spec, &common, args).await
+        }
+        Command::RevokeApiKey { key_id } => {
+            crate::config::or_exit(spec.name, common.check_api_keys(spec.prefix));
+            keys::revoke(spec, &common, &key_id).await
+        }
+        Command::ListApiKeys => {
+            crate::config::or_exit(spec.name, common.check_api_keys(spec.prefix));
+            keys::list(spec, &common).await
+        }
     };
     // Flushed on failure too: the spans of a failed command are the ones worth reading.
     let flushed = telemetry.shutdown().await;
@@ -406,12 +417,14 @@ where
     flushed
 }
 
-/// Returns the API-key authenticator of a service whose keys live in its own schema.
+/// Returns the API-key authenticator of a service whose keys live in its own schema, checking
+/// its settings (see [`CommonConfig::check_api_keys`]).
 pub fn authenticator(
     spec: &'static ServiceSpec,
     common: &CommonConfig,
     pool: PgPool,
 ) -> anyhow::Result<Authenticator> {
+    common.check_api_keys(spec.prefix)?;
     let pepper = common
         .api_key_pepper
         .clone()
@@ -419,42 +432,13 @@ pub fn authenticator(
     let pepper = Pepper::new(pepper).with_context(|| format!("{}API_KEY_PEPPER", spec.prefix))?;
     let settings = crate::auth::AuthSettings {
         reflection_open: common.reflection_open,
+        cache_ttl: common.api_key_cache_ttl(),
         ..crate::auth::AuthSettings::default()
     };
     Ok(Authenticator::with_settings(
         KeyStore::new(pool, spec.name, pepper),
         settings,
     ))
-}
-
-async fn create_api_key(
-    spec: &'static ServiceSpec,
-    common: CommonConfig,
-    name: &str,
-    scopes: &[String],
-) -> anyhow::Result<()> {
-    let scopes = scopes
-        .iter()
-        .map(|scope| {
-            scope
-                .parse::<Scope>()
-                .map_err(|err| anyhow::anyhow!("{err}"))
-        })
-        .collect::<anyhow::Result<Vec<_>>>()?;
-    let pool = crate::postgres::connect(&common.database_url, spec.name).await?;
-    crate::postgres::migrate(&pool, spec.name, spec.migrator).await?;
-    let auth = authenticator(spec, &common, pool)?;
-    let (info, plaintext) = auth
-        .store()
-        .create(name, &common.api_key_env, &scopes, None)
-        .await
-        .context("create api key")?;
-    eprintln!(
-        "created api key {} ({}) with scopes {:?}; it is shown once:",
-        info.key_id, info.name, scopes
-    );
-    println!("{}", secrecy::ExposeSecret::expose_secret(&plaintext));
-    Ok(())
 }
 
 /// What a service binary is asked to do: the platform's commands, or one of the service's own
@@ -465,17 +449,39 @@ pub enum Command<E: clap::Subcommand = NoCommands> {
     Serve,
     /// Apply the service's database migrations and exit (the Kubernetes migration Job).
     Migrate,
-    /// Create an API key (e.g. the first admin key) and print it once.
-    CreateApiKey {
-        /// Who or what the key is for
-        #[arg(long)]
-        name: String,
-        /// A scope the key holds: leads:write, leads:read, pii:read, admin (repeatable)
-        #[arg(long = "scope", required = true)]
-        scopes: Vec<String>,
+    /// Create an API key (e.g. the first admin key) and print it once, or register an existing
+    /// key (`--key-from-stdin`, `--key-file`) so that one key works in every service.
+    CreateApiKey(CreateApiKeyArgs),
+    /// Revoke an API key in this service's key table (other services keep their own).
+    RevokeApiKey {
+        /// The key's public id, the third `_`-separated part of `lf_<env>_<id>_…`
+        key_id: String,
     },
+    /// List this service's API keys: ids, names, scopes and dates, never secrets.
+    ListApiKeys,
     #[command(flatten)]
     Service(E),
+}
+
+/// The arguments of `create-api-key`.
+#[derive(Debug, Clone, PartialEq, Eq, clap::Args)]
+pub struct CreateApiKeyArgs {
+    /// Who or what the key is for
+    #[arg(long)]
+    pub name: String,
+    /// A scope the key holds: leads:write, leads:read, pii:read, admin (repeatable)
+    #[arg(long = "scope", required = true)]
+    pub scopes: Vec<String>,
+    /// Register the existing key read from standard input instead of creating one (e.g. the
+    /// admin key another service created); never pass a key as an argument, `ps` shows those
+    #[arg(long, conflicts_with = "key_file")]
+    pub key_from_stdin: bool,
+    /// Register the existing key read from this file instead of creating one
+    #[arg(long, value_name = "PATH")]
+    pub key_file: Option<std::path::PathBuf>,
+    /// When the key stops working, RFC 3339 (e.g. 2027-01-31T00:00:00Z); never by default
+    #[arg(long, value_name = "TIME")]
+    pub expires_at: Option<chrono::DateTime<chrono::Utc>>,
 }
 
 /// The commands of a service that has none of its own.

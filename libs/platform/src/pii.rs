@@ -42,6 +42,15 @@ pub const WRAPPED_V1_LEN: usize = 1 + KEY_ID_LEN + WRAPPED_LEGACY_LEN;
 /// Length of a wrapped data key in the legacy layout (no key id): nonce, ciphertext and tag.
 pub const WRAPPED_LEGACY_LEN: usize = NONCE_LEN + KEY_LEN + TAG_LEN;
 
+/// Masks personal text for callers without `pii:read`: the first character stays.
+pub fn mask(text: &str) -> String {
+    let mut chars = text.chars();
+    match chars.next() {
+        None => String::new(),
+        Some(first) => format!("{first}***"),
+    }
+}
+
 /// Why sealing or opening failed.
 #[derive(Debug, thiserror::Error)]
 pub enum PiiError {

@@ -797,3 +797,117 @@ async fn the_store_refuses_bad_names_scopes_and_environments() {
     }
     assert!(keys.store.list().await.expect("list").is_empty());
 }
+
+#[tokio::test]
+async fn the_store_imports_a_key_made_elsewhere_and_it_authenticates() {
+    let keys = Keys::new().await;
+    let made_elsewhere = leadflow_platform::auth::generate(ENV).expect("generate");
+    let expires_at = Utc::now() + chrono::Duration::days(1);
+
+    let info = keys
+        .store
+        .import(
+            " shared ",
+            ENV,
+            &made_elsewhere.plaintext,
+            &[Scope::LeadsRead, Scope::LeadsRead],
+            Some(expires_at),
+        )
+        .await
+        .expect("import");
+
+    assert_eq!(info.key_id, made_elsewhere.key_id);
+    assert_eq!(info.name, "shared");
+    assert_eq!(info.env, ENV);
+    assert_eq!(info.scopes, [Scope::LeadsRead]);
+    assert!(info.revoked_at.is_none() && info.expires_at.is_some());
+    assert_eq!(
+        keys.store.list().await.expect("list"),
+        std::slice::from_ref(&info)
+    );
+    let (row,): (String,) = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "SELECT row_to_json(k)::text FROM {SCHEMA}.api_keys k"
+    )))
+    .fetch_one(&keys.db.pool)
+    .await
+    .expect("read row");
+    assert!(!row.contains(made_elsewhere.secret.expose_secret()));
+
+    let authenticator = keys.authenticator(settings(true, Duration::from_secs(30)));
+    let mut headers = http::HeaderMap::new();
+    headers.insert(
+        "x-api-key",
+        made_elsewhere
+            .plaintext
+            .expose_secret()
+            .parse()
+            .expect("header"),
+    );
+    let caller = authenticator
+        .authorize(HEALTH_CHECK, &headers)
+        .await
+        .expect("the imported key is admitted")
+        .expect("a caller");
+    assert_eq!(caller.key_id, info.key_id);
+}
+
+#[tokio::test]
+async fn the_store_refuses_to_import_what_is_not_a_new_key_of_its_environment() {
+    let keys = Keys::new().await;
+    let good = leadflow_platform::auth::generate(ENV).expect("generate");
+    let good_text = good.plaintext.expose_secret().to_owned();
+    keys.store
+        .import("first", ENV, &good.plaintext, &[Scope::Admin], None)
+        .await
+        .expect("first import");
+    let live = leadflow_platform::auth::generate("live").expect("generate");
+    let key = |text: &str| SecretString::from(text.to_owned());
+
+    let cases: Vec<(&str, SecretString, &str, Vec<Scope>)> = vec![
+        ("malformed", key("lf_test_nope"), "name", vec![Scope::Admin]),
+        (
+            "bad checksum",
+            key(&flip_last(&good_text)),
+            "name",
+            vec![Scope::Admin],
+        ),
+        (
+            "another environment",
+            live.plaintext,
+            "name",
+            vec![Scope::Admin],
+        ),
+        ("duplicate", key(&good_text), "name", vec![Scope::Admin]),
+        ("no name", key(&good_text), "  ", vec![Scope::Admin]),
+        ("no scopes", key(&good_text), "name", vec![]),
+    ];
+    for (what, plaintext, name, scopes) in cases {
+        let refused = keys
+            .store
+            .import(name, ENV, &plaintext, &scopes, None)
+            .await
+            .expect_err(what);
+        let as_expected = match what {
+            "malformed" => matches!(refused, StoreError::Key(KeyError::Malformed)),
+            "bad checksum" => matches!(refused, StoreError::Key(KeyError::BadChecksum)),
+            "another environment" => matches!(
+                &refused,
+                StoreError::EnvMismatch { key_env, expected } if key_env == "live" && expected == ENV
+            ),
+            "duplicate" => matches!(
+                &refused,
+                StoreError::Duplicate { key_id } if *key_id == good.key_id
+            ),
+            "no name" => matches!(refused, StoreError::InvalidName),
+            _ => matches!(refused, StoreError::NoScopes),
+        };
+        assert!(as_expected, "{what}: {refused:?}");
+        assert!(
+            !refused.to_string().contains(&good_text),
+            "{what}: the error shows the key"
+        );
+    }
+    let listed = keys.store.list().await.expect("list");
+    assert_eq!(listed.len(), 1, "only the first import is stored");
+    assert_eq!(listed[0].name, "first");
+}

@@ -1,5 +1,6 @@
 //! The `leadflow.analytics.v1.AnalyticsService` handlers.
 
+use leadflow_platform::auth::{Caller, Scope};
 use leadflow_platform::validation::FieldViolations;
 use leadflow_proto::analytics::v1::analytics_service_server::AnalyticsService;
 use leadflow_proto::analytics::v1::{
@@ -35,11 +36,13 @@ impl AnalyticsApi {
 
 #[tonic::async_trait]
 impl AnalyticsService for AnalyticsApi {
-    #[tracing::instrument(skip_all)]
+    #[tracing::instrument(skip_all, fields(key_id))]
     async fn get_funnel(
         &self,
         request: Request<GetFunnelRequest>,
     ) -> Result<Response<GetFunnelResponse>, Status> {
+        let caller = Caller::require(&request, Scope::LeadsRead)?;
+        tracing::Span::current().record("key_id", caller.key_id.as_str());
         let channel = request.get_ref().channel.trim().to_lowercase();
         if channel.chars().count() > 64 {
             let mut violations = FieldViolations::new();

@@ -26,9 +26,11 @@ pub static SPEC: ServiceSpec = ServiceSpec {
     migrator: &MIGRATOR,
 };
 
-/// Connects, migrates when configured, binds the listener and wires events.
+/// Connects, migrates when configured, binds the listener and wires events and API-key auth
+/// (every RPC needs the scope `RPC_ACCESS` names).
 pub async fn build(config: Config) -> anyhow::Result<Application> {
     let mut host = ServiceHost::start(&SPEC, config.common).await?;
+    let auth = leadflow_platform::host::authenticator(&SPEC, host.config(), host.pool().clone())?;
     host.consume(
         &[CAPTURE_STREAM, QUALIFICATION_STREAM, MESSAGING_STREAM],
         Arc::new(events::FunnelFolder),
@@ -38,5 +40,5 @@ pub async fn build(config: Config) -> anyhow::Result<Application> {
     routes.add_service(
         AnalyticsServiceServer::new(api).max_decoding_message_size(host.config().max_request_bytes),
     );
-    Ok(Application::new(host, routes))
+    Ok(Application::new(host, routes).with_auth(auth))
 }

@@ -79,12 +79,7 @@ impl Config {
             settings: leadflow_platform::config::load(PREFIX)?,
         };
         config.check()?;
-        if config.common.api_key_pepper.is_none() {
-            return Err(ConfigError {
-                variable: format!("{PREFIX}API_KEY_PEPPER"),
-                message: "is required but not set".to_owned(),
-            });
-        }
+        config.common.check_api_keys(PREFIX)?;
         Ok(config)
     }
 

@@ -72,7 +72,8 @@ struct Endpoints {
         global = true
     )]
     analytics_url: String,
-    /// API key sent as `authorization: Bearer <key>`
+    /// API key sent as `authorization: Bearer <key>` to every service; prefer the environment
+    /// variable, which `ps` does not show
     #[arg(long, env = "LEADCTL_API_KEY", hide_env_values = true, global = true)]
     api_key: Option<String>,
 }
@@ -455,6 +456,11 @@ async fn main() -> anyhow::Result<()> {
 fn describe(status: tonic::Status) -> anyhow::Error {
     use tonic_types::StatusExt;
     let mut message = format!("{:?}: {}", status.code(), status.message());
+    if status.code() == tonic::Code::Unauthenticated {
+        message.push_str(
+            "\n  every service needs an api key registered in it: set LEADCTL_API_KEY (see README, API keys)",
+        );
+    }
     if let Some(bad_request) = status.get_details_bad_request() {
         for violation in bad_request.field_violations {
             message.push_str(&format!(

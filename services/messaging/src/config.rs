@@ -44,13 +44,15 @@ fn default_from_address() -> String {
 }
 
 impl Config {
-    /// Reads the configuration from `MESSAGING_*` variables.
+    /// Reads the configuration from `MESSAGING_*` variables; API keys are checked, so
+    /// `MESSAGING_API_KEY_PEPPER` is required.
     pub fn from_env() -> Result<Self, ConfigError> {
         // Read apart, not flattened: serde's flatten loses the field path that names the variable.
         let config = Self {
             common: leadflow_platform::config::load(PREFIX)?,
             settings: leadflow_platform::config::load(PREFIX)?,
         };
+        config.common.check_api_keys(PREFIX)?;
         if !config.settings.capture_url.starts_with("http://")
             && !config.settings.capture_url.starts_with("https://")
         {

@@ -1,5 +1,6 @@
 //! The `leadflow.messaging.v1.MessagingService` handlers.
 
+use leadflow_platform::auth::{Caller, Scope};
 use leadflow_platform::events::outbox::Outbox;
 use leadflow_platform::events::types;
 use leadflow_platform::validation::{
@@ -107,11 +108,13 @@ fn parse_inbound(request: &RecordInboundRequest) -> Result<NewInbound, FieldViol
 
 #[tonic::async_trait]
 impl MessagingService for MessagingApi {
-    #[tracing::instrument(skip_all, fields(lead_id = %request.get_ref().lead_id.trim()))]
+    #[tracing::instrument(skip_all, fields(lead_id = %request.get_ref().lead_id.trim(), key_id))]
     async fn record_inbound(
         &self,
         request: Request<RecordInboundRequest>,
     ) -> Result<Response<RecordInboundResponse>, Status> {
+        let caller = Caller::require(&request, Scope::LeadsWrite)?;
+        tracing::Span::current().record("key_id", caller.key_id.as_str());
         let request = request.into_inner();
         let inbound = parse_inbound(&request)
             .map_err(|violations| violations.into_status("request rejected"))?;
@@ -160,11 +163,15 @@ impl MessagingService for MessagingApi {
         }))
     }
 
-    #[tracing::instrument(skip_all, fields(lead_id = %request.get_ref().lead_id.trim()))]
+    #[tracing::instrument(skip_all, fields(lead_id = %request.get_ref().lead_id.trim(), key_id))]
     async fn list_messages(
         &self,
         request: Request<ListMessagesRequest>,
     ) -> Result<Response<ListMessagesResponse>, Status> {
+        let caller = Caller::require(&request, Scope::LeadsRead)?;
+        tracing::Span::current().record("key_id", caller.key_id.as_str());
+        // A subject can carry the lead's name ("Welcome, Ada").
+        let unmask = caller.has(Scope::PiiRead);
         let lead_id = require_uuid("lead_id", &request.get_ref().lead_id)
             .map_err(|violations| violations.into_status("request rejected"))?;
         let messages = self.store.list(lead_id).await.map_err(internal)?;
@@ -184,7 +191,11 @@ impl MessagingService for MessagingApi {
                     .into(),
                     template: message.template,
                     provider: message.provider,
-                    subject: message.subject,
+                    subject: if unmask {
+                        message.subject
+                    } else {
+                        leadflow_platform::pii::mask(&message.subject)
+                    },
                     sent_at: Some(prost_types::Timestamp {
                         seconds: message.sent_at.timestamp(),
                         nanos: message.sent_at.timestamp_subsec_nanos() as i32,

@@ -30,7 +30,8 @@ pub static SPEC: ServiceSpec = ServiceSpec {
     migrator: &MIGRATOR,
 };
 
-/// Connects, migrates when configured, binds the listener and wires events.
+/// Connects, migrates when configured, binds the listener and wires events and API-key auth
+/// (every RPC needs the scope `RPC_ACCESS` names).
 pub async fn build(config: Config) -> anyhow::Result<Application> {
     let templates = Arc::new(domain::template::Templates::built_in()?);
     let provider = Arc::new(provider::SinkProvider::new(config.settings.sink_dir.clone()).await?);
@@ -39,6 +40,7 @@ pub async fn build(config: Config) -> anyhow::Result<Application> {
         &config.settings.capture_api_key,
     )?;
     let mut host = ServiceHost::start(&SPEC, config.common).await?;
+    let auth = leadflow_platform::host::authenticator(&SPEC, host.config(), host.pool().clone())?;
     let outbox = host.outbox(MESSAGING_STREAM);
     let handler = events::MessagingHandler::new(
         outbox.clone(),
@@ -54,5 +56,5 @@ pub async fn build(config: Config) -> anyhow::Result<Application> {
     routes.add_service(
         MessagingServiceServer::new(api).max_decoding_message_size(host.config().max_request_bytes),
     );
-    Ok(Application::new(host, routes))
+    Ok(Application::new(host, routes).with_auth(auth))
 }

@@ -12,10 +12,11 @@ pub struct Config {
 }
 
 impl Config {
-    /// Reads the configuration from `QUALIFICATION_*` variables.
+    /// Reads the configuration from `QUALIFICATION_*` variables; API keys are checked, so
+    /// `QUALIFICATION_API_KEY_PEPPER` is required.
     pub fn from_env() -> Result<Self, ConfigError> {
-        Ok(Self {
-            common: leadflow_platform::config::load(PREFIX)?,
-        })
+        let common: CommonConfig = leadflow_platform::config::load(PREFIX)?;
+        common.check_api_keys(PREFIX)?;
+        Ok(Self { common })
     }
 }

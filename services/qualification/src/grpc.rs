@@ -1,5 +1,6 @@
 //! The `leadflow.qualification.v1.QualificationService` handlers.
 
+use leadflow_platform::auth::{Caller, Scope};
 use leadflow_platform::validation::{FieldViolations, require_uuid};
 use leadflow_proto::events::v1::{LeadStage, RuleHit};
 use leadflow_proto::qualification::v1::qualification_service_server::QualificationService;
@@ -26,11 +27,13 @@ impl QualificationApi {
 
 #[tonic::async_trait]
 impl QualificationService for QualificationApi {
-    #[tracing::instrument(skip_all, fields(lead_id = %request.get_ref().lead_id.trim()))]
+    #[tracing::instrument(skip_all, fields(lead_id = %request.get_ref().lead_id.trim(), key_id))]
     async fn get_lead(
         &self,
         request: Request<GetLeadRequest>,
     ) -> Result<Response<GetLeadResponse>, Status> {
+        let caller = Caller::require(&request, Scope::LeadsRead)?;
+        tracing::Span::current().record("key_id", caller.key_id.as_str());
         let lead_id = require_uuid("lead_id", &request.get_ref().lead_id)
             .map_err(|violations: FieldViolations| violations.into_status("request rejected"))?;
         let lead = self.store.get(lead_id).await.map_err(|err| {

@@ -28,9 +28,11 @@ pub static SPEC: ServiceSpec = ServiceSpec {
     migrator: &MIGRATOR,
 };
 
-/// Connects, migrates when configured, binds the listener and wires events.
+/// Connects, migrates when configured, binds the listener and wires events and API-key auth
+/// (every RPC needs the scope `RPC_ACCESS` names).
 pub async fn build(config: Config) -> anyhow::Result<Application> {
     let mut host = ServiceHost::start(&SPEC, config.common).await?;
+    let auth = leadflow_platform::host::authenticator(&SPEC, host.config(), host.pool().clone())?;
     let outbox = host.outbox(QUALIFICATION_STREAM);
     let handler = events::QualificationHandler::new(outbox, domain::scoring::Model::default_v1());
     host.consume(&[CAPTURE_STREAM, MESSAGING_STREAM], Arc::new(handler));
@@ -40,5 +42,5 @@ pub async fn build(config: Config) -> anyhow::Result<Application> {
         QualificationServiceServer::new(api)
             .max_decoding_message_size(host.config().max_request_bytes),
     );
-    Ok(Application::new(host, routes))
+    Ok(Application::new(host, routes).with_auth(auth))
 }

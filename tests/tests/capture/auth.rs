@@ -1,19 +1,19 @@
 //! The auth matrix (R12): every served capture RPC × every kind of credential.
 
-use std::collections::BTreeMap;
 use std::time::{Duration, SystemTime};
 
+use leadflow_e2e::auth::{
+    ScopedKey, bearer, call, checked_rpcs, refused_credentials, run_matrix, scope_names, scope_sets,
+};
 use leadflow_e2e::{Service, Suite};
-use leadflow_platform::auth::{Access, RPC_ACCESS, Scope};
+use leadflow_platform::auth::Scope;
 use leadflow_proto::capture::v1::{
     CreateApiKeyRequest, ListApiKeysRequest, ListSourcesRequest, RevokeApiKeyRequest,
 };
-use leadflow_proto::prost_types::{FileDescriptorSet, Timestamp};
+use leadflow_proto::prost_types::Timestamp;
 use prost::Message;
 use secrecy::ExposeSecret;
 use tonic::Code;
-use tonic::codegen::http::uri::PathAndQuery;
-use tonic::transport::Channel;
 use tonic_health::pb::health_check_response::ServingStatus;
 
 const SERVICE: &str = "leadflow.capture.v1.CaptureService";
@@ -34,56 +34,6 @@ const DOCUMENTED: [(&str, Scope); 12] = [
     ("ListApiKeys", Scope::Admin),
 ];
 
-/// Every capture RPC path in the descriptor set the server is built from.
-fn served_rpcs() -> anyhow::Result<Vec<String>> {
-    let set = FileDescriptorSet::decode(leadflow_proto::FILE_DESCRIPTOR_SET)?;
-    let mut paths = Vec::new();
-    for file in &set.file {
-        for service in &file.service {
-            if format!("{}.{}", file.package(), service.name()) == SERVICE {
-                for method in &service.method {
-                    paths.push(format!("/{SERVICE}/{}", method.name()));
-                }
-            }
-        }
-    }
-    Ok(paths)
-}
-
-/// Calls `path` with an empty message (`google.protobuf.Empty` is `()` in prost) and
-/// `authorization`; the response decodes as an empty message since unknown fields are skipped.
-async fn call(channel: &Channel, path: &str, authorization: Option<&str>) -> anyhow::Result<Code> {
-    let mut grpc = tonic::client::Grpc::new(channel.clone());
-    grpc.ready().await?;
-    let mut request = tonic::Request::new(());
-    if let Some(value) = authorization {
-        request
-            .metadata_mut()
-            .insert("authorization", value.parse()?);
-    }
-    let codec = tonic_prost::ProstCodec::<(), ()>::default();
-    let rpc = PathAndQuery::try_from(path.to_owned())?;
-    let answer = tokio::time::timeout(Duration::from_secs(10), grpc.unary(request, rpc, codec))
-        .await
-        .map_err(|_| anyhow::anyhow!("{path} took over 10 s"))?;
-    Ok(match answer {
-        Ok(_) => Code::Ok,
-        Err(status) => status.code(),
-    })
-}
-
-fn bearer(key: &str) -> String {
-    format!("Bearer {key}")
-}
-
-/// `key` with its last (checksum) character changed.
-fn flip_checksum(key: &str) -> String {
-    let mut flipped = key.to_owned();
-    let last = flipped.pop().expect("non-empty key");
-    flipped.push(if last == 'A' { 'B' } else { 'A' });
-    flipped
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn every_capture_rpc_denies_without_the_right_key() -> anyhow::Result<()> {
     let suite = Suite::start().await?;
@@ -92,40 +42,7 @@ async fn every_capture_rpc_denies_without_the_right_key() -> anyhow::Result<()> 
     let mut admin = suite.capture().await?;
 
     // Which entries of the table are served; every served RPC has one.
-    let served = served_rpcs()?;
-    assert!(served.len() >= DOCUMENTED.len(), "served: {served:?}");
-    let table: BTreeMap<&str, Access> = RPC_ACCESS.iter().copied().collect();
-    for path in &served {
-        assert!(
-            table.contains_key(path.as_str()),
-            "{path} is served but has no entry in RPC_ACCESS"
-        );
-    }
-    for (method, scope) in DOCUMENTED {
-        let path = format!("/{SERVICE}/{method}");
-        assert!(served.contains(&path), "{path} is not served");
-        assert_eq!(
-            table.get(path.as_str()),
-            Some(&Access::Scope(scope)),
-            "{path} requires what the proto says"
-        );
-    }
-    let mut rpcs = Vec::new();
-    let mut skipped = Vec::new();
-    for (path, access) in RPC_ACCESS {
-        if !path.starts_with(&format!("/{SERVICE}/")) {
-            continue;
-        }
-        if !served.iter().any(|served| served == path) {
-            skipped.push(*path);
-            continue;
-        }
-        let Access::Scope(needed) = access else {
-            panic!("{path} is open");
-        };
-        rpcs.push((*path, *needed));
-    }
-    assert_eq!(rpcs.len(), served.len());
+    let checked = checked_rpcs(SERVICE, &DOCUMENTED)?;
 
     // Health stays open.
     assert_eq!(capture_server.health().await?, ServingStatus::Serving);
@@ -182,16 +99,13 @@ async fn every_capture_rpc_denies_without_the_right_key() -> anyhow::Result<()> 
 
     // One key per scope, and one with all of them.
     let mut scoped = Vec::new();
-    for scope in Scope::ALL {
+    for (name, scopes) in scope_sets() {
         let key = suite
             .env
-            .create_api_key(&format!("only-{scope}"), &[scope.as_str()])
+            .create_api_key(&name, &scope_names(&scopes))
             .await?;
-        scoped.push((scope.as_str().to_owned(), vec![scope], key));
+        scoped.push(ScopedKey { name, scopes, key });
     }
-    let all_names: Vec<&str> = Scope::ALL.iter().map(|scope| scope.as_str()).collect();
-    let all_key = suite.env.create_api_key("all-scopes", &all_names).await?;
-    scoped.push(("all".to_owned(), Scope::ALL.to_vec(), all_key));
 
     // ListApiKeys names every key and never carries a secret.
     let listed = admin
@@ -205,7 +119,7 @@ async fn every_capture_rpc_denies_without_the_right_key() -> anyhow::Result<()> 
         expiring.secret.clone(),
         revoked.secret.clone(),
     ];
-    secrets.extend(scoped.iter().map(|(_, _, key)| key.clone()));
+    secrets.extend(scoped.iter().map(|scoped_key| scoped_key.key.clone()));
     for secret in &secrets {
         let parsed = leadflow_platform::auth::parse(secret)?;
         assert!(
@@ -230,69 +144,31 @@ async fn every_capture_rpc_denies_without_the_right_key() -> anyhow::Result<()> 
     assert!(listed_revoked.revoked_at.is_some());
 
     // The credentials that never pass.
-    let unknown = leadflow_platform::auth::generate("test")?;
     let wait_for_expiry = expires_at
         .duration_since(SystemTime::now())
         .unwrap_or_default()
         + Duration::from_millis(500);
     tokio::time::sleep(wait_for_expiry).await;
-    let refused: Vec<(&str, Option<String>)> = vec![
-        ("no key", None),
-        ("malformed", Some(bearer("lf_test_not-a-key"))),
-        ("not bearer", Some("Basic dXNlcjpwYXNz".to_owned())),
-        (
-            "bad checksum",
-            Some(bearer(&flip_checksum(&suite.admin_key))),
-        ),
-        ("unknown", Some(bearer(unknown.plaintext.expose_secret()))),
-        ("revoked", Some(bearer(&revoked.secret))),
-        ("expired", Some(bearer(&expiring.secret))),
-    ];
+    let refused = refused_credentials(
+        &suite.admin_key,
+        &[("revoked", &revoked.secret), ("expired", &expiring.secret)],
+    )?;
 
-    let mut calls = 0;
-    let mut failures = Vec::new();
-    for (path, needed) in &rpcs {
-        for (credential, authorization) in &refused {
-            let code = call(&channel, path, authorization.as_deref()).await?;
-            calls += 1;
-            if code != Code::Unauthenticated {
-                failures.push(format!(
-                    "{path} with {credential}: {code:?}, want UNAUTHENTICATED"
-                ));
-            }
-        }
-        for (name, scopes, key) in &scoped {
-            let code = call(&channel, path, Some(&bearer(key))).await?;
-            calls += 1;
-            let granted = scopes.iter().any(|held| held.grants(*needed));
-            let ok = if granted {
-                !matches!(
-                    code,
-                    Code::Unauthenticated | Code::PermissionDenied | Code::Internal
-                )
-            } else {
-                code == Code::PermissionDenied
-            };
-            if !ok {
-                let want = if granted {
-                    "past auth"
-                } else {
-                    "PERMISSION_DENIED"
-                };
-                failures.push(format!("{path} with {name}: {code:?}, want {want}"));
-            }
-        }
-    }
+    let report = run_matrix(&channel, &checked.rpcs, &refused, &scoped, |_, code| {
+        !matches!(
+            code,
+            Code::Unauthenticated | Code::PermissionDenied | Code::Internal
+        )
+    })
+    .await?;
     eprintln!(
-        "auth matrix: {} rpcs x {} credentials = {calls} calls; not served, skipped: {skipped:?}",
-        rpcs.len(),
-        refused.len() + scoped.len()
+        "auth matrix: {} rpcs x {} credentials = {} calls; not served, skipped: {:?}",
+        checked.rpcs.len(),
+        refused.len() + scoped.len(),
+        report.calls,
+        checked.skipped
     );
-    assert!(
-        failures.is_empty(),
-        "auth matrix failures:\n{}",
-        failures.join("\n")
-    );
+    report.ensure_clean("capture")?;
 
     // The admin key still works after all that.
     admin.list_sources(ListSourcesRequest {}).await?;

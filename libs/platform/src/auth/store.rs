@@ -1,8 +1,10 @@
 //! API keys in Postgres, in the `api_keys` table of a service's schema: only the secret's
 //! HMAC is stored, and the plaintext key is returned once, by [`KeyStore::create`].
+//! [`KeyStore::import`] registers a key made elsewhere (e.g. by another service), so that one
+//! key works across the suite while each service keeps its own table and pepper.
 
 use chrono::{DateTime, Utc};
-use secrecy::SecretString;
+use secrecy::{ExposeSecret, SecretString};
 use sqlx::PgPool;
 
 use super::key;
@@ -21,9 +23,24 @@ pub enum StoreError {
     /// No scope was given: such a key could call nothing.
     #[error("api key needs at least one scope")]
     NoScopes,
-    /// The environment is invalid, or the OS random number generator failed.
+    /// The environment is invalid, the OS random number generator failed, or an imported key
+    /// is malformed or fails its checksum.
     #[error(transparent)]
     Key(#[from] key::KeyError),
+    /// An imported key names another environment than the store's keys are made for.
+    #[error("api key is for environment {key_env:?}, this service's keys are for {expected:?}")]
+    EnvMismatch {
+        /// The `<env>` segment of the imported key.
+        key_env: String,
+        /// The environment this service names in its keys.
+        expected: String,
+    },
+    /// A key with this id is already registered (imported twice, or created here).
+    #[error("api key {key_id} is already registered")]
+    Duplicate {
+        /// Public id of the key.
+        key_id: String,
+    },
     /// Postgres failed.
     #[error("query api keys")]
     Database(#[from] sqlx::Error),
@@ -110,48 +127,96 @@ impl KeyStore {
         scopes: &[Scope],
         expires_at: Option<DateTime<Utc>>,
     ) -> Result<(StoredKeyInfo, SecretString), StoreError> {
-        let name = name.trim();
-        if name.is_empty() || name.chars().count() > MAX_NAME_LEN {
-            return Err(StoreError::InvalidName);
-        }
-        let mut scopes = scopes.to_vec();
-        scopes.sort_unstable();
-        scopes.dedup();
-        if scopes.is_empty() {
-            return Err(StoreError::NoScopes);
-        }
+        let (name, scopes) = checked_name_and_scopes(name, scopes)?;
         let generated = key::generate(env)?;
-        let secret_hash = self
-            .pepper
-            .hash(secrecy::ExposeSecret::expose_secret(&generated.secret));
-        let scope_names: Vec<&str> = scopes.iter().map(|scope| scope.as_str()).collect();
+        let new_key = NewKey {
+            key_id: generated.key_id,
+            name,
+            env: env.to_owned(),
+            secret: generated.secret,
+            scopes,
+            expires_at,
+        };
+        let info = self.insert(new_key).await?;
+        tracing::info!(key_id = %info.key_id, env, scopes = ?info.scopes, "api key created");
+        Ok((info, generated.plaintext))
+    }
+
+    /// Registers an existing key, e.g. one another service created, so that the same key works
+    /// here too: it is parsed (shape and checksum) and only its secret's hash under this
+    /// store's pepper is kept. The key must be for `env`, the environment this service names
+    /// in its keys; [`StoreError::Duplicate`] when its id is already registered.
+    pub async fn import(
+        &self,
+        name: &str,
+        env: &str,
+        plaintext: &SecretString,
+        scopes: &[Scope],
+        expires_at: Option<DateTime<Utc>>,
+    ) -> Result<StoredKeyInfo, StoreError> {
+        let (name, scopes) = checked_name_and_scopes(name, scopes)?;
+        let parsed = key::parse(plaintext.expose_secret())?;
+        if parsed.env != env {
+            return Err(StoreError::EnvMismatch {
+                key_env: parsed.env,
+                expected: env.to_owned(),
+            });
+        }
+        let new_key = NewKey {
+            key_id: parsed.key_id,
+            name,
+            env: parsed.env,
+            secret: parsed.secret,
+            scopes,
+            expires_at,
+        };
+        let info = self.insert(new_key).await?;
+        tracing::info!(key_id = %info.key_id, env, scopes = ?info.scopes, "api key imported");
+        Ok(info)
+    }
+
+    /// Inserts a checked key, storing only the hash of its secret.
+    async fn insert(&self, new_key: NewKey) -> Result<StoredKeyInfo, StoreError> {
+        let secret_hash = self.pepper.hash(new_key.secret.expose_secret());
+        let scope_names: Vec<&str> = new_key.scopes.iter().map(|scope| scope.as_str()).collect();
         // `expires_at` comes back as stored (microseconds), so the facts returned here equal
         // the ones `list` and `get` return later.
-        let (created_at, expires_at): (DateTime<Utc>, Option<DateTime<Utc>>) =
+        let inserted: Result<(DateTime<Utc>, Option<DateTime<Utc>>), sqlx::Error> =
             sqlx::query_as(sqlx::AssertSqlSafe(format!(
                 "INSERT INTO {}.api_keys (key_id, name, env, secret_hash, scopes, expires_at) \
              VALUES ($1, $2, $3, $4, $5, $6) RETURNING created_at, expires_at",
                 self.schema
             )))
-            .bind(&generated.key_id)
-            .bind(name)
-            .bind(env)
+            .bind(&new_key.key_id)
+            .bind(&new_key.name)
+            .bind(&new_key.env)
             .bind(secret_hash.as_slice())
             .bind(&scope_names)
-            .bind(expires_at)
+            .bind(new_key.expires_at)
             .fetch_one(&self.pool)
-            .await?;
-        tracing::info!(key_id = %generated.key_id, env, scopes = ?scope_names, "api key created");
-        let info = StoredKeyInfo {
-            key_id: generated.key_id,
-            name: name.to_owned(),
-            env: env.to_owned(),
-            scopes,
+            .await;
+        let (created_at, expires_at) = match inserted {
+            Ok(stored) => stored,
+            Err(err)
+                if err
+                    .as_database_error()
+                    .is_some_and(|db_err| db_err.is_unique_violation()) =>
+            {
+                return Err(StoreError::Duplicate {
+                    key_id: new_key.key_id,
+                });
+            }
+            Err(err) => return Err(StoreError::Database(err)),
+        };
+        Ok(StoredKeyInfo {
+            key_id: new_key.key_id,
+            name: new_key.name,
+            env: new_key.env,
+            scopes: new_key.scopes,
             created_at,
             expires_at,
             revoked_at: None,
-        };
-        Ok((info, generated.plaintext))
+        })
     }
 
     /// Revokes a key; returns `false` when there is no such key or it was already revoked.
@@ -207,6 +272,34 @@ impl KeyStore {
             secret_hash: row.secret_hash,
         }))
     }
+}
+
+/// A key about to be stored; its secret never leaves this module but as a hash.
+struct NewKey {
+    key_id: String,
+    name: String,
+    env: String,
+    secret: SecretString,
+    scopes: Vec<Scope>,
+    expires_at: Option<DateTime<Utc>>,
+}
+
+/// Returns the trimmed name and the sorted, deduplicated scopes, or why they are refused.
+fn checked_name_and_scopes(
+    name: &str,
+    scopes: &[Scope],
+) -> Result<(String, Vec<Scope>), StoreError> {
+    let name = name.trim();
+    if name.is_empty() || name.chars().count() > MAX_NAME_LEN {
+        return Err(StoreError::InvalidName);
+    }
+    let mut scopes = scopes.to_vec();
+    scopes.sort_unstable();
+    scopes.dedup();
+    if scopes.is_empty() {
+        return Err(StoreError::NoScopes);
+    }
+    Ok((name.to_owned(), scopes))
 }
 
 /// Converts a row; a scope name this build does not know is dropped (so it grants nothing)

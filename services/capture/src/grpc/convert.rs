@@ -20,14 +20,7 @@ pub fn timestamp(at: DateTime<Utc>) -> prost_types::Timestamp {
     }
 }
 
-/// Masks personal text for callers without `pii:read`: the first character stays.
-pub fn mask(text: &str) -> String {
-    let mut chars = text.chars();
-    match chars.next() {
-        None => String::new(),
-        Some(first) => format!("{first}***"),
-    }
-}
+pub use leadflow_platform::pii::mask;
 
 /// Masks an email's local part, keeping its domain (useful, not personal on its own).
 pub fn mask_email(email: &str) -> String {
