@@ -404,6 +404,27 @@ impl LeadStore {
         }
     }
 
+    /// Runs `attempt` again, with backoff, while it fails on a serialization, deadlock or
+    /// unique conflict; each retry is counted and logged as `<what> retried after a conflict`.
+    async fn retry_conflicts<T, F, Fut>(&self, what: &str, attempt: F) -> Result<T, StoreError>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Result<T, StoreError>>,
+    {
+        attempt
+            .retry(conflict_backoff())
+            .when(is_retryable)
+            .notify(|_, after| {
+                let retries = self.retries.fetch_add(1, Ordering::Relaxed) + 1;
+                tracing::info!(
+                    retries,
+                    after_ms = after.as_millis() as u64,
+                    "{what} retried after a conflict"
+                );
+            })
+            .await
+    }
+
     /// Returns how many conflicting transactions were retried so far.
     pub fn retries(&self) -> u64 {
         self.retries.load(Ordering::Relaxed)
@@ -547,18 +568,7 @@ impl LeadStore {
             )
             .await
         };
-        attempt
-            .retry(conflict_backoff())
-            .when(is_retryable)
-            .notify(|_, after| {
-                let retries = self.retries.fetch_add(1, Ordering::Relaxed) + 1;
-                tracing::info!(
-                    retries,
-                    after_ms = after.as_millis() as u64,
-                    "capture retried after a conflict"
-                );
-            })
-            .await
+        self.retry_conflicts("capture", attempt).await
     }
 
     async fn capture_once(

@@ -6,7 +6,6 @@
 //! columns before and after it, so `unmerge` puts back exactly what the merge changed.
 
 use anyhow::Context;
-use backon::Retryable;
 use chrono::{DateTime, Utc};
 use leadflow_proto::events::v1::{EmailDomainKind, LeadCaptured, LeadUnmerged};
 use sqlx::PgConnection;
@@ -14,7 +13,7 @@ use uuid::Uuid;
 
 use super::{
     CaptureRequest, Decision, Incoming, IncomingEmail, IncomingPhone, Known, LeadStore, LeadView,
-    MergeKind, StoreError, conflict_backoff, event_types, is_retryable,
+    MergeKind, StoreError, event_types,
 };
 use crate::domain::lead::identity_hash;
 use crate::domain::source::SourcePolicy;
@@ -353,16 +352,7 @@ impl LeadStore {
             self.resolve_once(review_id, resolution, caller, note, held)
                 .await
         };
-        attempt
-            .retry(conflict_backoff())
-            .when(is_retryable)
-            .notify(|_, after| {
-                tracing::info!(
-                    after_ms = after.as_millis() as u64,
-                    "review resolution retried after a conflict"
-                );
-            })
-            .await?;
+        self.retry_conflicts("review resolution", attempt).await?;
         let review = self
             .review(review_id)
             .await?
@@ -579,16 +569,7 @@ impl LeadStore {
         caller: &str,
     ) -> Result<(LeadView, LeadView), StoreError> {
         let attempt = || async { self.unmerge_once(merge_id, caller).await };
-        let (lead_id, restored_id) = attempt
-            .retry(conflict_backoff())
-            .when(is_retryable)
-            .notify(|_, after| {
-                tracing::info!(
-                    after_ms = after.as_millis() as u64,
-                    "unmerge retried after a conflict"
-                );
-            })
-            .await?;
+        let (lead_id, restored_id) = self.retry_conflicts("unmerge", attempt).await?;
         let lead = self.get(lead_id).await?.ok_or(StoreError::NotFound)?;
         let restored = self.get(restored_id).await?.ok_or(StoreError::NotFound)?;
         Ok((lead, restored))
