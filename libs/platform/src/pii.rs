@@ -314,6 +314,7 @@ pub fn keyed_hash(key: &[u8], kind: &str, value: &str) -> Vec<u8> {
 }
 
 /// One record's data key.
+#[derive(Clone)]
 pub struct DataKey(Aes256Gcm);
 
 impl DataKey {

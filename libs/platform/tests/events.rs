@@ -572,3 +572,49 @@ async fn a_restarted_consumer_finishes_its_own_pending_entries_first() {
         "each event applied once: {effects:?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn many_events_added_in_one_statement_are_published_once_in_the_given_order() {
+    let env = TestEnv::new().await;
+    let stream = env.stream("capture");
+    let outbox = outbox(&stream);
+    let envelopes: Vec<_> = (0..500)
+        .map(|n| {
+            let lead_id = Uuid::now_v7();
+            let payload = LeadCaptured {
+                lead_id: lead_id.to_string(),
+                channel: format!("channel-{n}"),
+                ..LeadCaptured::default()
+            };
+            // Odd rows carry no lead, as rejections do.
+            let lead = (n % 2 == 0).then_some(lead_id);
+            outbox.envelope(types::LEAD_CAPTURED, lead, &payload)
+        })
+        .collect();
+    let mut tx = env.pool.begin().await.expect("begin");
+    outbox
+        .add_many(&mut tx, &envelopes)
+        .await
+        .expect("add many");
+    outbox.add_many(&mut tx, &[]).await.expect("add none");
+    tx.commit().await.expect("commit");
+
+    assert_eq!(drain(&relay(&env)).await, 500);
+    assert_eq!(drain(&relay(&env)).await, 0, "nothing is published twice");
+    let published = env.envelopes(&stream).await;
+    let sent: Vec<(&str, &str)> = envelopes
+        .iter()
+        .map(|envelope| (envelope.event_id.as_str(), envelope.lead_id.as_str()))
+        .collect();
+    let arrived: Vec<(&str, &str)> = published
+        .iter()
+        .map(|envelope| (envelope.event_id.as_str(), envelope.lead_id.as_str()))
+        .collect();
+    assert_eq!(
+        arrived, sent,
+        "every event arrives once, in the given order"
+    );
+    let decoded = <LeadCaptured as prost::Message>::decode(published[499].payload.as_slice())
+        .expect("decode");
+    assert_eq!(decoded.channel, "channel-499");
+}

@@ -7,6 +7,7 @@ use leadflow_platform::validation::{FieldViolations, require_uuid};
 use leadflow_proto::capture::v1::capture_service_server::CaptureService;
 use leadflow_proto::capture::v1::*;
 use std::pin::Pin;
+use std::time::Duration;
 
 use futures::{Stream, StreamExt};
 use tonic::{Request, Response, Status, Streaming};
@@ -14,16 +15,18 @@ use tonic::{Request, Response, Status, Streaming};
 use crate::domain::lead::parse_token;
 use crate::domain::source::SourcePolicy;
 use crate::error::CaptureError;
-use crate::service::{Capturer, Origin};
+use crate::service::{Capturer, Origin, PreparedImport};
 use crate::store::StoreError;
-use crate::store::leads::Resolution;
+use crate::store::leads::{Batched, Resolution};
 
 /// Metadata key of a request's idempotency key.
 pub const IDEMPOTENCY_KEY: &str = "idempotency-key";
 const MAX_IDEMPOTENCY_KEY_CHARS: usize = 128;
 
-/// Rows of one import captured at once.
-const IMPORT_CONCURRENCY: usize = 8;
+/// Rows of one import stored together, at most.
+const IMPORT_BATCH: usize = 1_000;
+/// How long a part-filled batch waits for more rows.
+const IMPORT_LINGER: Duration = Duration::from_millis(20);
 
 /// Serves capture's RPCs.
 #[derive(Clone)]
@@ -73,27 +76,25 @@ fn new_form_key() -> String {
     format!("wf_{random}")
 }
 
-/// Captures one imported row and says what happened to it; never fails the stream.
-async fn import_row(
-    capturer: &Capturer,
-    origin: &Origin,
-    row: ImportLeadsRequest,
-) -> ImportLeadsResponse {
+/// Says what happened to one imported row; a row's failure never fails the stream.
+fn import_result(row: i64, stored: Result<Batched, CaptureError>) -> ImportLeadsResponse {
     let mut result = ImportLeadsResponse {
-        row: row.row,
+        row,
         ..ImportLeadsResponse::default()
     };
-    let request = row.capture.unwrap_or_default();
-    match capturer.capture(origin, &request, None, false).await {
-        Ok(answer) => {
-            result.outcome = match answer.outcome() {
-                CaptureOutcome::Merged => ImportOutcome::Merged,
-                CaptureOutcome::InReview => ImportOutcome::InReview,
-                _ => ImportOutcome::Accepted,
-            }
-            .into();
-            result.review_id = answer.review_id;
-            result.lead_id = answer.lead.map(|lead| lead.lead_id).unwrap_or_default();
+    match stored {
+        Ok(Batched::Created(lead_id)) => {
+            result.outcome = ImportOutcome::Accepted.into();
+            result.lead_id = lead_id.to_string();
+        }
+        Ok(Batched::Merged(lead_id)) => {
+            result.outcome = ImportOutcome::Merged.into();
+            result.lead_id = lead_id.to_string();
+        }
+        Ok(Batched::InReview { lead_id, review_id }) => {
+            result.outcome = ImportOutcome::InReview.into();
+            result.lead_id = lead_id.to_string();
+            result.review_id = review_id.to_string();
         }
         Err(CaptureError::Rejected(violations)) => {
             result.outcome = ImportOutcome::Rejected.into();
@@ -120,7 +121,35 @@ async fn import_row(
     result
 }
 
-/// Checks a page size: 1–500, 0 meaning 50.
+/// Parses a chunk of rows; the rows and what became of those that cannot be stored.
+async fn prepare_chunk(
+    capturer: Capturer,
+    chunk: Vec<Result<ImportLeadsRequest, Status>>,
+) -> (Vec<i64>, Result<PreparedImport, String>, Option<Status>) {
+    let mut numbers = Vec::with_capacity(chunk.len());
+    let mut requests = Vec::with_capacity(chunk.len());
+    let mut broken = None;
+    for row in chunk {
+        match row {
+            Ok(row) => {
+                numbers.push(row.row);
+                requests.push(row.capture.unwrap_or_default());
+            }
+            // The client's stream broke: answer the rows before it, then end.
+            Err(status) => {
+                broken = Some(status);
+                break;
+            }
+        }
+    }
+    let prepared = capturer
+        .prepare_import(requests)
+        .await
+        .map_err(|err| Status::from(err).message().to_owned());
+    (numbers, prepared, broken)
+}
+
+/// Checks a page size: 1–500, 0 meaning 50./// Checks a page size: 1–500, 0 meaning 50.
 fn page_size(violations: &mut FieldViolations, requested: i32) -> i32 {
     if !(0..=500).contains(&requested) {
         violations.reject("page_size", "OUT_OF_RANGE", "must be 1 to 500 (0 for 50)");
@@ -193,20 +222,65 @@ impl CaptureService for CaptureApi {
         request: Request<Streaming<ImportLeadsRequest>>,
     ) -> Result<Response<Self::ImportLeadsStream>, Status> {
         let origin = self.origin(&request, Scope::LeadsWrite)?;
-        let rows = request.into_inner();
+        let mut rows = request.into_inner();
+        // A reader keeps taking rows off the connection while a batch is stored (the channel
+        // bounds memory whatever the number of rows); batches are parsed one ahead on a
+        // blocking thread and stored one after the other, in order, so a row sees every row
+        // before it.
+        let (sender, receiver) = tokio::sync::mpsc::channel(IMPORT_BATCH * 2);
+        tokio::spawn(async move {
+            while let Some(row) = rows.next().await {
+                let broken = row.is_err();
+                if sender.send(row).await.is_err() || broken {
+                    return;
+                }
+            }
+        });
         let capturer = self.capturer.clone();
-        // Rows are captured a few at a time, results in row order; the buffer bounds memory
-        // whatever the number of rows.
-        let results = rows
-            .map(move |row| {
-                let capturer = capturer.clone();
+        let storer = self.capturer.clone();
+        let chunks = tokio_stream::StreamExt::chunks_timeout(
+            tokio_stream::wrappers::ReceiverStream::new(receiver),
+            IMPORT_BATCH,
+            IMPORT_LINGER,
+        );
+        let results = chunks
+            .map(move |chunk| tokio::spawn(prepare_chunk(capturer.clone(), chunk)))
+            .buffered(2)
+            .then(move |prepared| {
+                let capturer = storer.clone();
                 let origin = origin.clone();
                 async move {
-                    let row = row?;
-                    Ok::<_, Status>(import_row(&capturer, &origin, row).await)
+                    let (numbers, prepared, broken) = prepared
+                        .map_err(|err| Status::internal(format!("parse import rows: {err}")))?;
+                    let mut results: Vec<Result<ImportLeadsResponse, Status>> = match prepared {
+                        Ok(prepared) => {
+                            let stored = capturer.store_import(&origin, prepared).await;
+                            numbers
+                                .into_iter()
+                                .zip(stored)
+                                .map(|(row, stored)| Ok(import_result(row, stored)))
+                                .collect()
+                        }
+                        Err(message) => numbers
+                            .into_iter()
+                            .map(|row| {
+                                Ok(ImportLeadsResponse {
+                                    row,
+                                    outcome: ImportOutcome::Failed.into(),
+                                    message: message.clone(),
+                                    ..ImportLeadsResponse::default()
+                                })
+                            })
+                            .collect(),
+                    };
+                    results.extend(broken.map(Err));
+                    Ok::<_, Status>(futures::stream::iter(results))
                 }
             })
-            .buffered(IMPORT_CONCURRENCY);
+            .flat_map(|answered| match answered {
+                Ok(results) => results.left_stream(),
+                Err(status) => futures::stream::once(async { Err(status) }).right_stream(),
+            });
         Ok(Response::new(Box::pin(results)))
     }
 

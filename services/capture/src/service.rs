@@ -1,11 +1,14 @@
 //! The capture use case shared by every channel (gRPC, imports, web forms): parse against the
 //! source, check rate limits, store with dedupe and idempotency, answer.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use leadflow_platform::validation::FieldViolations;
-use leadflow_proto::capture::v1::{CaptureLeadRequest, CaptureLeadResponse, CaptureOutcome};
-use leadflow_proto::events::v1::RejectionReason;
+use leadflow_proto::capture::v1::{
+    CaptureLeadRequest, CaptureLeadResponse, CaptureOutcome, LeadInput,
+};
+use leadflow_proto::events::v1::{LeadRejected, RejectionReason};
 use prost::Message;
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
@@ -16,7 +19,7 @@ use crate::domain::source::SourcePolicy;
 use crate::error::CaptureError;
 use crate::grpc::convert;
 use crate::limits::RateLimits;
-use crate::store::leads::{Idempotency, Resolution, Resolved};
+use crate::store::leads::{BatchRow, Batched, Idempotency, Resolution, Resolved};
 use crate::store::{CaptureRequest, Captured, LeadStore, Outcome, SourceStore, StoreError};
 
 /// Who captures: the API key id (or `form:<source>` for web forms) and whether they may see
@@ -27,6 +30,21 @@ pub struct Origin {
     pub unmask: bool,
     /// Captures per minute allowed for this caller; 0 means unlimited.
     pub caller_rate_per_minute: u32,
+}
+
+/// One import row, parsed.
+pub enum ParsedRow {
+    /// Ready to store under its source.
+    Ready(Arc<SourcePolicy>, Box<CaptureRequest>),
+    /// Refused at the door, with the event that says so.
+    Rejected(FieldViolations, LeadRejected),
+    /// Could not be parsed for another reason.
+    Failed(CaptureError),
+}
+
+/// A chunk of import rows, parsed, in order.
+pub struct PreparedImport {
+    rows: Vec<ParsedRow>,
 }
 
 /// Captures leads for every channel.
@@ -56,15 +74,32 @@ fn decode_replay(bytes: &[u8]) -> Result<CaptureLeadResponse, CaptureError> {
         .map_err(|err| CaptureError::Internal(anyhow::anyhow!("decode stored response: {err}")))
 }
 
-fn rejection_reasons(violations: &FieldViolations) -> Vec<RejectionReason> {
-    violations
-        .violations()
-        .iter()
-        .map(|violation| RejectionReason {
-            field: violation.field.clone(),
-            code: violation.reason.to_lowercase(),
-        })
-        .collect()
+/// The source a request names, when it names one well-formed.
+fn source_id_of(request: &CaptureLeadRequest) -> Option<String> {
+    let input = request.lead.as_ref()?;
+    let mut violations = FieldViolations::new();
+    let source_id = parse_token(&mut violations, "lead.source", &input.source, true);
+    violations.is_empty().then_some(source_id)
+}
+
+/// The `lead.rejected` event of a refused capture: where it came from and why, no personal
+/// data.
+fn rejected_event(request: &CaptureLeadRequest, violations: &FieldViolations) -> LeadRejected {
+    let unnamed = LeadInput::default();
+    let input = request.lead.as_ref().unwrap_or(&unnamed);
+    LeadRejected {
+        source: input.source.trim().to_lowercase(),
+        channel: input.channel.trim().to_lowercase(),
+        campaign: input.campaign.trim().to_owned(),
+        reasons: violations
+            .violations()
+            .iter()
+            .map(|violation| RejectionReason {
+                field: violation.field.clone(),
+                code: violation.reason.to_lowercase(),
+            })
+            .collect(),
+    }
 }
 
 impl Capturer {
@@ -154,6 +189,98 @@ impl Capturer {
         }
     }
 
+    /// Parses a chunk of import rows against their sources (each source read once), on a
+    /// blocking thread so parsing the next chunk overlaps storing this one.
+    pub async fn prepare_import(
+        &self,
+        requests: Vec<CaptureLeadRequest>,
+    ) -> Result<PreparedImport, CaptureError> {
+        let mut sources: HashMap<String, Option<Arc<SourcePolicy>>> = HashMap::new();
+        for request in &requests {
+            if let Some(source_id) = source_id_of(request)
+                && !sources.contains_key(&source_id)
+            {
+                let source = self.sources.get(&source_id).await?;
+                sources.insert(source_id, source.map(|source| Arc::new(source.policy)));
+            }
+        }
+        let capturer = self.clone();
+        let rows = tokio::task::spawn_blocking(move || {
+            requests
+                .into_iter()
+                .map(|request| {
+                    let source = source_id_of(&request)
+                        .and_then(|source_id| sources.get(&source_id).cloned().flatten());
+                    match capturer.parse_against(&request, source.as_deref()) {
+                        Ok(capture) => match source {
+                            Some(source) => ParsedRow::Ready(source, Box::new(capture)),
+                            None => {
+                                ParsedRow::Failed(anyhow::anyhow!("parsed without a source").into())
+                            }
+                        },
+                        Err(CaptureError::Rejected(violations)) => {
+                            let event = rejected_event(&request, &violations);
+                            ParsedRow::Rejected(violations, event)
+                        }
+                        Err(err) => ParsedRow::Failed(err),
+                    }
+                })
+                .collect()
+        })
+        .await
+        .map_err(|err| anyhow::anyhow!("parse import rows: {err}"))?;
+        Ok(PreparedImport { rows })
+    }
+
+    /// Stores a parsed chunk of import rows (set-based where it can) and says, per row and in
+    /// order, what became of it.
+    pub async fn store_import(
+        &self,
+        origin: &Origin,
+        prepared: PreparedImport,
+    ) -> Vec<Result<Batched, CaptureError>> {
+        let mut rows = prepared.rows;
+        let rejections: Vec<LeadRejected> = rows
+            .iter_mut()
+            .filter_map(|row| match row {
+                ParsedRow::Rejected(_, event) => Some(std::mem::take(event)),
+                _ => None,
+            })
+            .collect();
+        if let Err(err) = self.leads.record_rejections(&rejections).await {
+            tracing::warn!(error = format!("{err:#}"), "record lead.rejected");
+        }
+        for row in &mut rows {
+            if let ParsedRow::Ready(_, capture) = row {
+                capture.caller = origin.caller.clone();
+            }
+        }
+        let ready: Vec<BatchRow<'_>> = rows
+            .iter()
+            .filter_map(|row| match row {
+                ParsedRow::Ready(source, capture) => Some((source.as_ref(), capture.as_ref())),
+                _ => None,
+            })
+            .collect();
+        let stored = self.leads.capture_batch(&ready).await;
+        tracing::debug!(
+            rows = rows.len(),
+            stored = ready.len(),
+            "import chunk stored"
+        );
+        let mut stored = stored.into_iter();
+        rows.into_iter()
+            .map(|row| match row {
+                ParsedRow::Ready(..) => stored
+                    .next()
+                    .unwrap_or_else(|| Err(anyhow::anyhow!("a stored row went missing").into()))
+                    .map_err(CaptureError::from),
+                ParsedRow::Rejected(violations, _) => Err(CaptureError::Rejected(violations)),
+                ParsedRow::Failed(err) => Err(err),
+            })
+            .collect()
+    }
+
     /// Decides a held capture; merging it or keeping it parses it again against its source,
     /// whose rules it must still pass.
     pub async fn resolve_review(
@@ -202,17 +329,8 @@ impl Capturer {
     }
 
     async fn record_rejection(&self, request: &CaptureLeadRequest, violations: &FieldViolations) {
-        let input = request.lead.clone().unwrap_or_default();
-        let recorded = self
-            .leads
-            .record_rejection(
-                &input.source.trim().to_lowercase(),
-                &input.channel.trim().to_lowercase(),
-                input.campaign.trim(),
-                rejection_reasons(violations),
-            )
-            .await;
-        if let Err(err) = recorded {
+        let event = rejected_event(request, violations);
+        if let Err(err) = self.leads.record_rejections(&[event]).await {
             tracing::warn!(error = format!("{err:#}"), "record lead.rejected");
         }
     }
@@ -222,18 +340,30 @@ impl Capturer {
         &self,
         request: &CaptureLeadRequest,
     ) -> Result<(SourcePolicy, CaptureRequest), CaptureError> {
+        let source = match source_id_of(request) {
+            Some(source_id) => self.sources.get(&source_id).await?,
+            None => None,
+        };
+        let policy = source.map(|source| source.policy);
+        let capture = self.parse_against(request, policy.as_ref())?;
+        let policy = policy.ok_or_else(|| anyhow::anyhow!("parsed without a source"))?;
+        Ok((policy, capture))
+    }
+
+    /// Parses a capture request against its source (`None`: unknown or unnamed).
+    fn parse_against(
+        &self,
+        request: &CaptureLeadRequest,
+        source: Option<&SourcePolicy>,
+    ) -> Result<CaptureRequest, CaptureError> {
         let mut violations = FieldViolations::new();
         let Some(input) = &request.lead else {
             violations.reject("lead", "REQUIRED", "is required");
             return Err(violations.into());
         };
-        let source_id = parse_token(&mut violations, "lead.source", &input.source, true);
-        let source = if violations.is_empty() {
-            self.sources.get(&source_id).await?
-        } else {
-            None
-        };
-        let Some(source) = source else {
+        // Reported again here so an unnamed source is named among the violations.
+        parse_token(&mut violations, "lead.source", &input.source, true);
+        let Some(policy) = source.filter(|_| violations.is_empty()) else {
             if violations.is_empty() {
                 violations.reject(
                     "lead.source",
@@ -247,7 +377,6 @@ impl Capturer {
             }
             return Err(violations.into());
         };
-        let policy = source.policy;
         let region = policy.default_region.unwrap_or(self.config.default_region);
         let lead = NewLead::parse(input, region, "lead");
         let consent = parse_consent(request.consent.as_ref());
@@ -268,15 +397,12 @@ impl Capturer {
         if !violations.is_empty() {
             return Err(violations.into());
         }
-        Ok((
-            policy,
-            CaptureRequest {
-                lead,
-                attribution,
-                consent,
-                raw: request.encode_to_vec(),
-                caller: String::new(),
-            },
-        ))
+        Ok(CaptureRequest {
+            lead,
+            attribution,
+            consent,
+            raw: request.encode_to_vec(),
+            caller: String::new(),
+        })
     }
 }

@@ -45,6 +45,17 @@ pub struct Plan {
     pub import_rows: u64,
     pub import_rounds: usize,
     pub import_deadline: Duration,
+    /// Only these scenarios (B13 always): all when `None`.
+    pub only: Option<Only>,
+}
+
+/// Scenarios that can be run alone.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Only {
+    /// B2 and B3 (B3's load is a share of B2's maximum).
+    Capture,
+    /// B5.
+    Import,
 }
 
 impl Plan {
@@ -64,6 +75,7 @@ impl Plan {
             import_rows: 20_000,
             import_rounds: 3,
             import_deadline: Duration::from_secs(180),
+            only: None,
         }
     }
 
@@ -83,6 +95,7 @@ impl Plan {
             import_rows: 1_000_000,
             import_rounds: 1,
             import_deadline: Duration::from_secs(2400),
+            only: None,
         }
     }
 }
@@ -483,28 +496,45 @@ async fn measure(
         "B13 capture RSS idle: {}",
         idle.map_or_else(|| "unreadable".to_owned(), mb)
     ));
-    let b2 = b2(plan, fixture, report).await;
-    let b2_rss = b2.as_ref().map(|b2| b2.rss).ok();
-    let subject_rate = match &b2 {
-        Ok(b2) => Some(report::median(&b2.subject_rates)),
-        Err(err) => {
-            report.note(format!("B2 failed: {err:#}"));
-            report.rows.push(Row::ratio(
-                "B2 capture",
-                &format!("leads/s, {} clients", plan.clients),
-                "R-pg-capture tps",
-                "—".to_owned(),
-                "—".to_owned(),
-                None,
-                Goal::AtLeast(0.60),
-            ));
-            None
-        }
+    let capture = plan.only.is_none_or(|only| only == Only::Capture);
+    let import = plan.only.is_none_or(|only| only == Only::Import);
+    let b2 = if capture {
+        Some(b2(plan, fixture, report).await)
+    } else {
+        None
     };
-    b3(plan, fixture, report, subject_rate).await;
-    let b5_rss = match b5(plan, fixture, report, copy_database).await {
-        Ok(rss) => Some(rss),
-        Err(err) => {
+    let b2_rss = b2.as_ref().and_then(|b2| b2.as_ref().ok()).map(|b2| b2.rss);
+    let subject_rate = match b2.as_ref().filter(|_| capture) {
+        None => None,
+        Some(b2) => match b2 {
+            Ok(b2) => Some(report::median(&b2.subject_rates)),
+            Err(err) => {
+                report.note(format!("B2 failed: {err:#}"));
+                report.rows.push(Row::ratio(
+                    "B2 capture",
+                    &format!("leads/s, {} clients", plan.clients),
+                    "R-pg-capture tps",
+                    "—".to_owned(),
+                    "—".to_owned(),
+                    None,
+                    Goal::AtLeast(0.60),
+                ));
+                None
+            }
+        },
+    };
+    if capture {
+        b3(plan, fixture, report, subject_rate).await;
+    }
+    let b5 = if import {
+        Some(b5(plan, fixture, report, copy_database).await)
+    } else {
+        None
+    };
+    let b5_rss = match b5 {
+        None => None,
+        Some(Ok(rss)) => Some(rss),
+        Some(Err(err)) => {
             report.note(format!("B5 failed: {err:#}"));
             report.rows.push(Row::ratio(
                 "B5 import",
@@ -988,9 +1018,11 @@ async fn import_round(
 async fn empty_capture_tables(url: &str, with_outbox: bool) -> anyhow::Result<()> {
     let mut connection = PgConnection::connect(url).await?;
     let statement = if with_outbox {
-        "TRUNCATE capture.consents, capture.touches, capture.leads, capture.outbox"
+        "TRUNCATE capture.merge_reviews, capture.merges, capture.idempotency, capture.consents, \
+         capture.touches, capture.leads, capture.outbox"
     } else {
-        "TRUNCATE capture.consents, capture.touches, capture.leads"
+        "TRUNCATE capture.merge_reviews, capture.merges, capture.idempotency, capture.consents, \
+         capture.touches, capture.leads"
     };
     sqlx::query(statement)
         .execute(&mut connection)

@@ -58,6 +58,15 @@ struct Cli {
     /// A/B rounds of B5.
     #[arg(long)]
     import_rounds: Option<usize>,
+    /// Run only B2 and B3 (`capture`) or only B5 (`import`); B13's idle figure always.
+    #[arg(long, value_enum)]
+    only: Option<OnlyArg>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum OnlyArg {
+    Capture,
+    Import,
 }
 
 #[tokio::main]
@@ -88,5 +97,9 @@ async fn main() {
     if let Some(rounds) = cli.import_rounds {
         plan.import_rounds = rounds.clamp(1, 20);
     }
+    plan.only = cli.only.map(|only| match only {
+        OnlyArg::Capture => scenarios::Only::Capture,
+        OnlyArg::Import => scenarios::Only::Import,
+    });
     scenarios::run(plan).await;
 }

@@ -52,6 +52,53 @@ impl Outbox {
         self.add_event(tx, event_type, None, payload).await
     }
 
+    /// Returns the envelope of an event about `lead_id` (or none), to be added with
+    /// [`Outbox::add_many`].
+    pub fn envelope(
+        &self,
+        event_type: &str,
+        lead_id: Option<Uuid>,
+        payload: &impl Message,
+    ) -> Envelope {
+        super::envelope(self.producer, event_type, lead_id, payload)
+    }
+
+    /// Adds many events inside the caller's transaction in one statement, in the given order
+    /// (the relay publishes them in that order).
+    pub async fn add_many(
+        &self,
+        tx: &mut PgConnection,
+        envelopes: &[Envelope],
+    ) -> anyhow::Result<()> {
+        if envelopes.is_empty() {
+            return Ok(());
+        }
+        let mut event_ids = Vec::with_capacity(envelopes.len());
+        let mut event_types = Vec::with_capacity(envelopes.len());
+        let mut bodies = Vec::with_capacity(envelopes.len());
+        for envelope in envelopes {
+            event_ids.push(Uuid::parse_str(&envelope.event_id).context("parse event id")?);
+            event_types.push(envelope.event_type.as_str());
+            bodies.push(envelope.encode_to_vec());
+        }
+        // WITH ORDINALITY keeps the ids (and so the publishing order) in the given order.
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "INSERT INTO {}.outbox (event_id, stream, event_type, envelope) \
+             SELECT e.event_id, $1, e.event_type, e.envelope \
+             FROM UNNEST($2::uuid[], $3::text[], $4::bytea[]) WITH ORDINALITY AS e (event_id, event_type, envelope, n) \
+             ORDER BY e.n",
+            self.schema
+        )))
+        .bind(&self.stream)
+        .bind(&event_ids)
+        .bind(&event_types)
+        .bind(&bodies)
+        .execute(&mut *tx)
+        .await
+        .context("insert outbox rows")?;
+        Ok(())
+    }
+
     async fn add_event(
         &self,
         tx: &mut PgConnection,

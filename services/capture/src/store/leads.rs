@@ -14,7 +14,6 @@ use leadflow_platform::pii::{DataKey, Keyring};
 use leadflow_proto::capture::v1::Attribution;
 use leadflow_proto::events::v1::{
     EmailDomainKind, LeadCaptured, LeadErased, LeadMerged, LeadRejected, LeadReturned,
-    RejectionReason,
 };
 use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
@@ -23,9 +22,11 @@ use crate::domain::evidence::Consent;
 use crate::domain::lead::{EmailKind, NewLead, identity_hash};
 use crate::domain::source::{Dedupe, SourcePolicy};
 
+mod batch;
 mod lineage;
 mod read;
 
+pub use batch::{BatchRow, Batched};
 pub use lineage::{MergeReview, Resolution, Resolved, ReviewReason};
 
 /// Event types capture emits beyond the shared ones.
@@ -423,6 +424,12 @@ impl LeadStore {
                 );
             })
             .await
+    }
+
+    /// Counts a conflict handled otherwise than by [`LeadStore::retry_conflicts`].
+    fn count_retry(&self, what: &str) {
+        let retries = self.retries.fetch_add(1, Ordering::Relaxed) + 1;
+        tracing::info!(retries, "{what} after a conflict");
     }
 
     /// Returns how many conflicting transactions were retried so far.
@@ -1032,29 +1039,25 @@ impl LeadStore {
         }
     }
 
-    /// Records that a capture was refused at the door (no personal data, no lead).
-    pub async fn record_rejection(
-        &self,
-        source: &str,
-        channel: &str,
-        campaign: &str,
-        reasons: Vec<RejectionReason>,
-    ) -> anyhow::Result<()> {
+    /// Records that many captures were refused at the door, in one transaction.
+    pub async fn record_rejections(&self, events: &[LeadRejected]) -> anyhow::Result<()> {
+        if events.is_empty() {
+            return Ok(());
+        }
+        let envelopes: Vec<_> = events
+            .iter()
+            .map(|event| {
+                self.outbox
+                    .envelope(event_types::LEAD_REJECTED, None, event)
+            })
+            .collect();
         let mut tx = self
             .pool
             .begin()
             .await
             .context("begin rejection transaction")?;
-        let event = LeadRejected {
-            source: source.to_owned(),
-            channel: channel.to_owned(),
-            campaign: campaign.to_owned(),
-            reasons,
-        };
-        self.outbox
-            .add_without_lead(&mut tx, event_types::LEAD_REJECTED, &event)
-            .await?;
-        tx.commit().await.context("commit rejection")?;
+        self.outbox.add_many(&mut tx, &envelopes).await?;
+        tx.commit().await.context("commit rejections")?;
         Ok(())
     }
 
