@@ -1,0 +1,1388 @@
+//! `ImportLeads` pinned down before its set-based rewrite: an import answers every row, in row
+//! order, as `CaptureLead` answers the same rows one at a time, and leaves the same leads,
+//! merges, reviews and events behind.
+//!
+//! The rows come from a deterministic generator that knows what each row should do (a
+//! [`Planned`] outcome and the person it is about), so every test asserts both that the
+//! import did what the row meant and, where it has a second suite, that `CaptureLead` agrees.
+//!
+//! The current implementation captures [`WINDOW`] rows of a stream at once, so two rows of
+//! one person closer than that race each other. The generator keeps rows of one person at
+//! least that far apart (re-captures "close by" are 8–16 rows apart: inside one batch of a
+//! batched implementation).
+
+use std::collections::{BTreeMap, HashMap};
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use leadflow_e2e::{Suite, WEBSITE_SOURCE};
+use leadflow_proto::capture::v1::{
+    CaptureLeadRequest, CaptureLeadResponse, CaptureOutcome, ConsentChannel, ConsentInput,
+    DedupeMode, DedupePolicy, EraseLeadRequest, GetLeadRequest, ImportLeadsRequest,
+    ImportLeadsResponse, ImportOutcome, Lead, LeadInput, LegalBasis, ListMergeReviewsRequest,
+    MergeKind, MergeReview, SourceKind, SourceSettings,
+};
+use tonic::{Code, Status};
+
+use crate::support::{WAIT, capture_of, count, person, published, violations};
+
+type Client =
+    leadflow_proto::capture::v1::capture_service_client::CaptureServiceClient<leadflow_e2e::Authed>;
+
+/// Rows the current `ImportLeads` captures at once (`IMPORT_CONCURRENCY` in capture's
+/// `grpc.rs`): a row is decided before the row this far after it starts.
+const WINDOW: usize = 8;
+/// The vendor source: duplicates within an hour are rejected.
+const VENDOR_SOURCE: &str = "acme-vendor";
+/// Domain of the generated people's email addresses.
+const DOMAIN: &str = "import-example.com";
+/// Number of the person erased before the import.
+const ERASED_N: usize = 90_001;
+/// Longest wait for one import result.
+const RESULT_WAIT: Duration = Duration::from_secs(30);
+
+// ---------------------------------------------------------------------------------------------
+// The generator.
+
+/// SplitMix64: the same numbers on every run, no dependency.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    fn below(&mut self, n: usize) -> usize {
+        (self.next() % n as u64) as usize
+    }
+
+    fn chance(&mut self, percent: u64) -> bool {
+        self.next() % 100 < percent
+    }
+}
+
+/// The canonical email of person `n`.
+fn email(n: usize) -> String {
+    format!("ip.{n}@{DOMAIN}")
+}
+
+/// Person `n`'s email as a client might write it.
+fn email_variant(n: usize, variant: usize) -> String {
+    match variant % 4 {
+        0 => email(n),
+        1 => format!("  IP.{n}@{} ", DOMAIN.to_uppercase()),
+        2 => format!("Ip.{n}@Import-Example.com"),
+        _ => format!("\tip.{n}@import-example.COM  "),
+    }
+}
+
+/// Exchange and line of person `n`'s phone, (415) EEE-LLLL.
+fn phone_parts(n: usize) -> (String, String) {
+    (
+        format!("{:03}", 230 + n / 10_000),
+        format!("{:04}", n % 10_000),
+    )
+}
+
+/// Person `n`'s phone in E.164.
+fn e164(n: usize) -> String {
+    let (exchange, line) = phone_parts(n);
+    format!("+1415{exchange}{line}")
+}
+
+/// Person `n`'s phone as a client might write it.
+fn phone_variant(n: usize, variant: usize) -> String {
+    let (exchange, line) = phone_parts(n);
+    match variant % 5 {
+        0 => format!("(415) {exchange}-{line}"),
+        1 => format!("+1 415 {exchange} {line}"),
+        2 => format!("415.{exchange}.{line}"),
+        3 => e164(n),
+        _ => format!("415-{exchange}-{line}"),
+    }
+}
+
+/// A consent covering `channels` (wire names, sorted).
+fn consent_to(channels: &[&str]) -> ConsentInput {
+    ConsentInput {
+        channels: channels
+            .iter()
+            .map(|channel| match *channel {
+                "email" => ConsentChannel::Email,
+                "sms" => ConsentChannel::Sms,
+                _ => ConsentChannel::Call,
+            })
+            .map(i32::from)
+            .collect(),
+        disclosure_text: "I agree that Acme may contact me.".into(),
+        form_url: "https://acme.example/import".into(),
+        form_version: "v1".into(),
+        legal_basis: LegalBasis::Consent.into(),
+        ..ConsentInput::default()
+    }
+}
+
+/// What the generator knows of a person: what their lead holds after the rows so far.
+#[derive(Debug, Clone)]
+struct Person {
+    n: usize,
+    source: &'static str,
+    has_email: bool,
+    has_phone: bool,
+    first_name: String,
+    last_name: String,
+    company: String,
+    /// Channels of the consent records of the lead, sorted.
+    consent: Vec<&'static str>,
+    touches: i32,
+    /// `fields_filled` of each merge, oldest first.
+    fills: Vec<Vec<String>>,
+    first_campaign: String,
+    latest_campaign: String,
+    /// The last row about this person.
+    last_row: usize,
+    /// Part of the erased person's story: never picked at random.
+    scripted: bool,
+}
+
+/// A row and what it should do.
+#[derive(Debug, Clone)]
+struct Planned {
+    request: CaptureLeadRequest,
+    expect: ImportOutcome,
+    /// The person whose lead the answer names: created, merged into, matched or duplicated.
+    person: Option<usize>,
+    /// For a rejected row: `(field, reason)` of each violation, in order.
+    violations: Vec<(String, String)>,
+    /// What kind of row this is, for messages and the generator's coverage.
+    what: &'static str,
+}
+
+/// How often each kind of row comes up (weights).
+#[derive(Debug, Clone, Copy)]
+struct Mix {
+    fresh: u32,
+    fresh_vendor: u32,
+    /// A re-capture 8–16 rows after the person's last row.
+    close: u32,
+    /// A re-capture 200 rows or more after the person's last row.
+    far: u32,
+    /// A re-capture carrying a phone, email or company the lead lacks.
+    fill: u32,
+    invalid: u32,
+    vendor_duplicate: u32,
+    /// Email of one lead, phone of another.
+    conflict: u32,
+    /// A re-capture with consent: matching, first, or for other channels (held).
+    consent: u32,
+    /// The erased person's scripted rows.
+    erased_story: bool,
+}
+
+/// Every kind of row.
+const FULL_MIX: Mix = Mix {
+    fresh: 26,
+    fresh_vendor: 4,
+    close: 20,
+    far: 12,
+    fill: 8,
+    invalid: 12,
+    vendor_duplicate: 5,
+    conflict: 3,
+    consent: 5,
+    erased_story: true,
+};
+
+/// A deterministic sequence of rows with what each should do.
+struct Scenario {
+    rng: Rng,
+    people: Vec<Person>,
+    rows: Vec<Planned>,
+    next_n: usize,
+}
+
+impl Scenario {
+    /// Generates `len` rows of `mix` from `seed`.
+    fn generate(len: usize, seed: u64, mix: Mix) -> Self {
+        let mut scenario = Scenario {
+            rng: Rng(seed),
+            people: Vec::new(),
+            rows: Vec::with_capacity(len),
+            next_n: 1,
+        };
+        let weights = [
+            mix.fresh,
+            mix.fresh_vendor,
+            mix.close,
+            mix.far,
+            mix.fill,
+            mix.invalid,
+            mix.vendor_duplicate,
+            mix.conflict,
+            mix.consent,
+        ];
+        let total: u32 = weights.iter().sum();
+        for index in 0..len {
+            if mix.erased_story
+                && let Some(row) = scenario.erased_story(index, len)
+            {
+                scenario.rows.push(row);
+                continue;
+            }
+            let mut roll = scenario.rng.below(total as usize) as u32;
+            let mut kind = 0;
+            while roll >= weights[kind] {
+                roll -= weights[kind];
+                kind += 1;
+            }
+            let row = match kind {
+                0 => None,
+                1 => Some(scenario.fresh(index, VENDOR_SOURCE)),
+                2 => scenario
+                    .pick(index, |person| {
+                        (index - 2 * WINDOW..=index - WINDOW).contains(&person.last_row)
+                    })
+                    .map(|p| scenario.recapture(index, p, false, "close re-capture")),
+                3 => scenario
+                    .pick(index, |person| person.last_row + 200 <= index)
+                    .map(|p| scenario.recapture(index, p, false, "far re-capture")),
+                4 => scenario
+                    .pick(index, |person| {
+                        !person.has_phone || !person.has_email || person.company.is_empty()
+                    })
+                    .map(|p| scenario.recapture(index, p, true, "filling re-capture")),
+                5 => Some(scenario.invalid(index)),
+                6 => scenario
+                    .pick(index, |_| true)
+                    .map(|p| scenario.vendor_duplicate(index, p)),
+                7 => scenario.conflict(index),
+                _ => {
+                    let consented = scenario.rng.chance(65);
+                    scenario
+                        .pick(index, |person| person.consent.is_empty() != consented)
+                        .map(|p| scenario.with_consent(index, p))
+                }
+            };
+            let row = row.unwrap_or_else(|| scenario.fresh(index, WEBSITE_SOURCE));
+            scenario.rows.push(row);
+        }
+        scenario
+    }
+
+    /// Picks a person at random among those `wanted` whose last row is at least [`WINDOW`]
+    /// rows back (so the current implementation decides them in row order).
+    fn pick(&mut self, index: usize, wanted: impl Fn(&Person) -> bool) -> Option<usize> {
+        if index < 2 * WINDOW {
+            return None;
+        }
+        let candidates: Vec<usize> = self
+            .people
+            .iter()
+            .enumerate()
+            .filter(|(_, person)| {
+                !person.scripted && person.last_row + WINDOW <= index && wanted(person)
+            })
+            .map(|(p, _)| p)
+            .collect();
+        (!candidates.is_empty()).then(|| candidates[self.rng.below(candidates.len())])
+    }
+
+    fn channel(&mut self) -> &'static str {
+        ["web", "referral", "paid_search"][self.rng.below(3)]
+    }
+
+    /// A person seen for the first time.
+    fn fresh(&mut self, index: usize, source: &'static str) -> Planned {
+        let n = self.next_n;
+        self.next_n += 1;
+        let website = source == WEBSITE_SOURCE;
+        let phone_only = website && self.rng.chance(8);
+        let has_phone = phone_only || self.rng.chance(45);
+        let first_name = if self.rng.chance(60) {
+            format!("First{n}")
+        } else {
+            String::new()
+        };
+        let last_name = if self.rng.chance(50) {
+            format!("Last{n}")
+        } else {
+            String::new()
+        };
+        let company = if self.rng.chance(30) {
+            format!("Company {n}")
+        } else {
+            String::new()
+        };
+        let consent: Vec<&'static str> = if website && self.rng.chance(20) {
+            vec!["email", "sms"]
+        } else {
+            Vec::new()
+        };
+        let campaign = format!("row-{index}");
+        let channel = if website { self.channel() } else { "vendor" };
+        let request = CaptureLeadRequest {
+            lead: Some(LeadInput {
+                email: if phone_only {
+                    String::new()
+                } else {
+                    email_variant(n, self.rng.below(4))
+                },
+                phone: if has_phone {
+                    phone_variant(n, self.rng.below(5))
+                } else {
+                    String::new()
+                },
+                first_name: first_name.clone(),
+                last_name: last_name.clone(),
+                company: company.clone(),
+                source: source.into(),
+                channel: channel.into(),
+                campaign: campaign.clone(),
+                ..LeadInput::default()
+            }),
+            attribution: None,
+            consent: (!consent.is_empty()).then(|| consent_to(&consent)),
+        };
+        self.people.push(Person {
+            n,
+            source,
+            has_email: !phone_only,
+            has_phone,
+            first_name,
+            last_name,
+            company,
+            consent,
+            touches: 1,
+            fills: Vec::new(),
+            first_campaign: campaign.clone(),
+            latest_campaign: campaign,
+            last_row: index,
+            scripted: false,
+        });
+        Planned {
+            request,
+            expect: ImportOutcome::Accepted,
+            person: Some(self.people.len() - 1),
+            violations: Vec::new(),
+            what: if website {
+                "new person"
+            } else {
+                "new vendor person"
+            },
+        }
+    }
+
+    /// A re-capture of person `p` through the website in other formats, merged; with `fill`
+    /// it carries what the lead lacks.
+    fn recapture(&mut self, index: usize, p: usize, fill: bool, what: &'static str) -> Planned {
+        let known = self.people[p].clone();
+        let mut use_email = known.has_email && (!known.has_phone || self.rng.chance(80));
+        let mut use_phone = known.has_phone && (!use_email || self.rng.chance(40));
+        if fill {
+            use_email |= !known.has_email;
+            use_phone |= !known.has_phone;
+        }
+        let first_name = if self.rng.chance(25) {
+            format!("Other{}", known.n)
+        } else {
+            String::new()
+        };
+        let last_name = if self.rng.chance(25) {
+            format!("Last{}", known.n)
+        } else {
+            String::new()
+        };
+        let company = if fill || self.rng.chance(20) {
+            format!("Company {} Ltd", known.n)
+        } else {
+            String::new()
+        };
+        let input = LeadInput {
+            email: if use_email {
+                email_variant(known.n, self.rng.below(4))
+            } else {
+                String::new()
+            },
+            phone: if use_phone {
+                phone_variant(known.n, self.rng.below(5))
+            } else {
+                String::new()
+            },
+            first_name,
+            last_name,
+            company,
+            ..self.website_input(index)
+        };
+        self.merged(index, p, input, None, what)
+    }
+
+    /// The website's defaults for row `index`.
+    fn website_input(&mut self, index: usize) -> LeadInput {
+        LeadInput {
+            source: WEBSITE_SOURCE.into(),
+            channel: self.channel().into(),
+            campaign: format!("row-{index}"),
+            ..LeadInput::default()
+        }
+    }
+
+    /// Plans `input` (with `consent`, none held) merging into person `p`'s lead.
+    fn merged(
+        &mut self,
+        index: usize,
+        p: usize,
+        input: LeadInput,
+        consent: Option<Vec<&'static str>>,
+        what: &'static str,
+    ) -> Planned {
+        let person = &mut self.people[p];
+        let mut filled = Vec::new();
+        if !person.has_email && !input.email.is_empty() {
+            person.has_email = true;
+            filled.push("email".to_owned());
+        }
+        if !person.has_phone && !input.phone.is_empty() {
+            person.has_phone = true;
+            filled.push("phone".to_owned());
+        }
+        for (held, given, name) in [
+            (&mut person.first_name, &input.first_name, "first_name"),
+            (&mut person.last_name, &input.last_name, "last_name"),
+            (&mut person.company, &input.company, "company"),
+        ] {
+            if held.is_empty() && !given.is_empty() {
+                held.clone_from(given);
+                filled.push(name.to_owned());
+            }
+        }
+        if let Some(channels) = &consent
+            && person.consent.is_empty()
+        {
+            person.consent = channels.clone();
+        }
+        person.touches += 1;
+        person.fills.push(filled);
+        person.latest_campaign.clone_from(&input.campaign);
+        person.last_row = index;
+        Planned {
+            request: CaptureLeadRequest {
+                lead: Some(input),
+                attribution: None,
+                consent: consent.map(|channels| consent_to(&channels)),
+            },
+            expect: ImportOutcome::Merged,
+            person: Some(p),
+            violations: Vec::new(),
+            what,
+        }
+    }
+
+    /// A row with a bad field; some name a known person, who must stay untouched.
+    fn invalid(&mut self, index: usize) -> Planned {
+        let known = if self.people.is_empty() {
+            email(self.next_n + 50_000)
+        } else {
+            let p = self.rng.below(self.people.len());
+            email_variant(self.people[p].n, self.rng.below(4))
+        };
+        let base = self.website_input(index);
+        let (input, consent, violations): (LeadInput, Option<ConsentInput>, &[(&str, &str)]) =
+            match self.rng.below(9) {
+                0 => (
+                    LeadInput {
+                        email: "not-an-email".into(),
+                        ..base
+                    },
+                    None,
+                    &[("lead.email", "INVALID_EMAIL")],
+                ),
+                1 => (
+                    LeadInput {
+                        first_name: "Nobody".into(),
+                        ..base
+                    },
+                    None,
+                    &[("lead.email", "REQUIRED")],
+                ),
+                2 => (
+                    LeadInput {
+                        email: known,
+                        phone: "12".into(),
+                        ..base
+                    },
+                    None,
+                    &[("lead.phone", "INVALID_PHONE")],
+                ),
+                3 => (
+                    LeadInput {
+                        email: known,
+                        source: "no-such-source".into(),
+                        ..base
+                    },
+                    None,
+                    &[("lead.source", "UNKNOWN_SOURCE")],
+                ),
+                4 => (
+                    LeadInput {
+                        email: known,
+                        channel: "Web Site!".into(),
+                        ..base
+                    },
+                    None,
+                    &[("lead.channel", "INVALID_TOKEN")],
+                ),
+                5 => (
+                    LeadInput {
+                        email: known,
+                        country: "Atlantis".into(),
+                        ..base
+                    },
+                    None,
+                    &[("lead.country", "INVALID_COUNTRY")],
+                ),
+                6 => (
+                    LeadInput {
+                        email: known,
+                        first_name: "Ann\u{7}".into(),
+                        ..base
+                    },
+                    None,
+                    &[("lead.first_name", "CONTROL_CHARACTERS")],
+                ),
+                7 => (
+                    LeadInput {
+                        email: "someone@localhost".into(),
+                        website: "not a url".into(),
+                        ..base
+                    },
+                    None,
+                    &[
+                        ("lead.email", "INVALID_EMAIL"),
+                        ("lead.website", "INVALID_URL"),
+                    ],
+                ),
+                _ => (
+                    LeadInput {
+                        email: known,
+                        ..base
+                    },
+                    Some(ConsentInput::default()),
+                    &[
+                        ("consent.channels", "REQUIRED"),
+                        ("consent.disclosure_text", "REQUIRED"),
+                        ("consent.legal_basis", "REQUIRED"),
+                    ],
+                ),
+            };
+        Planned {
+            request: CaptureLeadRequest {
+                lead: Some(input),
+                attribution: None,
+                consent,
+            },
+            expect: ImportOutcome::Rejected,
+            person: None,
+            violations: violations
+                .iter()
+                .map(|(field, reason)| ((*field).to_owned(), (*reason).to_owned()))
+                .collect(),
+            what: "invalid row",
+        }
+    }
+
+    /// Person `p` again through the vendor source, within its window: a duplicate.
+    fn vendor_duplicate(&mut self, index: usize, p: usize) -> Planned {
+        let person = &mut self.people[p];
+        person.last_row = index;
+        let n = person.n;
+        let input = if person.has_email {
+            LeadInput {
+                email: email_variant(n, index),
+                ..LeadInput::default()
+            }
+        } else {
+            LeadInput {
+                phone: phone_variant(n, index),
+                ..LeadInput::default()
+            }
+        };
+        Planned {
+            request: capture_of(LeadInput {
+                source: VENDOR_SOURCE.into(),
+                channel: "vendor".into(),
+                campaign: format!("row-{index}"),
+                ..input
+            }),
+            expect: ImportOutcome::Duplicate,
+            person: Some(p),
+            violations: Vec::new(),
+            what: "vendor duplicate",
+        }
+    }
+
+    /// The email of one lead with the phone of another: held for review.
+    fn conflict(&mut self, index: usize) -> Option<Planned> {
+        let p = self.pick(index, |person| person.has_email)?;
+        let n = self.people[p].n;
+        let q = self.pick(index, |person| person.has_phone && person.n != n)?;
+        let other = self.people[q].n;
+        self.people[p].last_row = index;
+        self.people[q].last_row = index;
+        let input = LeadInput {
+            email: email_variant(n, index),
+            phone: phone_variant(other, index),
+            first_name: "Conflicted".into(),
+            ..self.website_input(index)
+        };
+        Some(Planned {
+            request: capture_of(input),
+            expect: ImportOutcome::InReview,
+            person: Some(p),
+            violations: Vec::new(),
+            what: "identity conflict",
+        })
+    }
+
+    /// A re-capture of `p` with consent: merged when the lead has none or the same channels,
+    /// held for review when it covers other channels.
+    fn with_consent(&mut self, index: usize, p: usize) -> Planned {
+        let known = self.people[p].clone();
+        let input = LeadInput {
+            email: if known.has_email {
+                email_variant(known.n, index)
+            } else {
+                String::new()
+            },
+            phone: if known.has_phone {
+                phone_variant(known.n, index)
+            } else {
+                String::new()
+            },
+            ..self.website_input(index)
+        };
+        if known.consent.is_empty() {
+            return self.merged(index, p, input, Some(vec!["email", "sms"]), "first consent");
+        }
+        if self.rng.chance(30) {
+            let same = known.consent.clone();
+            return self.merged(index, p, input, Some(same), "same consent");
+        }
+        let other: Vec<&'static str> = if known.consent == ["email", "sms"] {
+            vec!["email"]
+        } else {
+            vec!["email", "sms"]
+        };
+        self.people[p].last_row = index;
+        Planned {
+            request: CaptureLeadRequest {
+                lead: Some(input),
+                attribution: None,
+                consent: Some(consent_to(&other)),
+            },
+            expect: ImportOutcome::InReview,
+            person: Some(p),
+            violations: Vec::new(),
+            what: "consent mismatch",
+        }
+    }
+
+    /// The erased person's rows, at fixed fractions of the import: refused while suppressed,
+    /// back with fresh consent (which lifts the suppression of the identities it names only).
+    fn erased_story(&mut self, index: usize, len: usize) -> Option<Planned> {
+        let step = [20, 50, 110, 150, 260, 330, 420]
+            .iter()
+            .position(|at| at * len / 600 == index)?;
+        let n = ERASED_N;
+        let base = self.website_input(index);
+        let by_email = LeadInput {
+            email: email_variant(n, index),
+            ..base.clone()
+        };
+        let by_phone = LeadInput {
+            phone: phone_variant(n, index),
+            ..base.clone()
+        };
+        let by_both = LeadInput {
+            email: email_variant(n, index),
+            phone: phone_variant(n, index + 1),
+            ..base
+        };
+        let refused = |input: LeadInput, what| Planned {
+            request: capture_of(input),
+            expect: ImportOutcome::Failed,
+            person: None,
+            violations: Vec::new(),
+            what,
+        };
+        let back = |scenario: &mut Scenario, input: LeadInput, channels: Vec<&'static str>| {
+            let has_email = !input.email.is_empty();
+            let campaign = input.campaign.clone();
+            scenario.people.push(Person {
+                n,
+                source: WEBSITE_SOURCE,
+                has_email,
+                has_phone: !has_email,
+                first_name: String::new(),
+                last_name: String::new(),
+                company: String::new(),
+                consent: channels.clone(),
+                touches: 1,
+                fills: Vec::new(),
+                first_campaign: campaign.clone(),
+                latest_campaign: campaign,
+                last_row: index,
+                scripted: true,
+            });
+            Planned {
+                request: CaptureLeadRequest {
+                    lead: Some(input),
+                    attribution: None,
+                    consent: Some(consent_to(&channels)),
+                },
+                expect: ImportOutcome::Accepted,
+                person: Some(scenario.people.len() - 1),
+                violations: Vec::new(),
+                what: "erased person back with consent",
+            }
+        };
+        let scripted = |scenario: &Scenario, nth: usize| {
+            scenario
+                .people
+                .iter()
+                .enumerate()
+                .filter(|(_, person)| person.scripted)
+                .nth(nth)
+                .map(|(p, _)| p)
+        };
+        Some(match step {
+            0 => refused(by_email, "erased person"),
+            1 => refused(by_phone, "erased person"),
+            // Consent lifts the email's suppression only: a new lead, by email.
+            2 => back(self, by_email, vec!["email"]),
+            3 => {
+                let p = scripted(self, 0)?;
+                let input = LeadInput {
+                    first_name: "Back".into(),
+                    ..by_email
+                };
+                self.merged(index, p, input, None, "erased person re-captured")
+            }
+            // The phone is still suppressed.
+            4 => refused(by_both, "erased person"),
+            // Consent lifts the phone's suppression: a second lead, by phone.
+            5 => back(self, by_phone, vec!["sms"]),
+            // Email of the first, phone of the second.
+            _ => Planned {
+                request: capture_of(by_both),
+                expect: ImportOutcome::InReview,
+                person: scripted(self, 0),
+                violations: Vec::new(),
+                what: "erased person's two leads",
+            },
+        })
+    }
+
+    /// The rows as an import sends them: row numbers with gaps, so an echo is told apart from a
+    /// count.
+    fn import_rows(&self) -> Vec<ImportLeadsRequest> {
+        self.rows
+            .iter()
+            .enumerate()
+            .map(|(index, row)| ImportLeadsRequest {
+                row: row_number(index),
+                capture: Some(row.request.clone()),
+            })
+            .collect()
+    }
+
+    /// How many rows of each kind, and of each expected outcome.
+    fn tally(&self) -> (BTreeMap<&'static str, usize>, BTreeMap<&'static str, usize>) {
+        let mut kinds = BTreeMap::new();
+        let mut outcomes = BTreeMap::new();
+        for row in &self.rows {
+            *kinds.entry(row.what).or_default() += 1;
+            *outcomes.entry(row.expect.as_str_name()).or_default() += 1;
+        }
+        (kinds, outcomes)
+    }
+
+    fn expected(&self, outcome: ImportOutcome) -> usize {
+        self.rows.iter().filter(|row| row.expect == outcome).count()
+    }
+}
+
+/// The row number sent for the row at `index`.
+fn row_number(index: usize) -> i64 {
+    1_000 + 7 * index as i64
+}
+
+// ---------------------------------------------------------------------------------------------
+// Answers, from either RPC.
+
+/// What happened to one row, as `ImportLeads` says it or translated from `CaptureLead`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Answer {
+    outcome: ImportOutcome,
+    lead_id: String,
+    review_id: String,
+    violations: Vec<(String, String)>,
+    message: String,
+}
+
+impl From<ImportLeadsResponse> for Answer {
+    fn from(result: ImportLeadsResponse) -> Self {
+        Answer {
+            outcome: result.outcome(),
+            lead_id: result.lead_id,
+            review_id: result.review_id,
+            violations: result
+                .violations
+                .into_iter()
+                .map(|violation| (violation.field, violation.reason))
+                .collect(),
+            message: result.message,
+        }
+    }
+}
+
+/// Translates a `CaptureLead` answer into what an import row says for it.
+fn answered(result: Result<CaptureLeadResponse, Status>) -> anyhow::Result<Answer> {
+    let mut answer = Answer {
+        outcome: ImportOutcome::Unspecified,
+        lead_id: String::new(),
+        review_id: String::new(),
+        violations: Vec::new(),
+        message: String::new(),
+    };
+    match result {
+        Ok(response) => {
+            answer.outcome = match response.outcome() {
+                CaptureOutcome::Created => ImportOutcome::Accepted,
+                CaptureOutcome::Merged => ImportOutcome::Merged,
+                CaptureOutcome::InReview => ImportOutcome::InReview,
+                CaptureOutcome::Unspecified => anyhow::bail!("CaptureLead without an outcome"),
+            };
+            answer.lead_id = response.lead.map(|lead| lead.lead_id).unwrap_or_default();
+            answer.review_id = response.review_id;
+        }
+        Err(status) => match status.code() {
+            Code::InvalidArgument => {
+                answer.outcome = ImportOutcome::Rejected;
+                answer.violations = violations(&status);
+            }
+            Code::AlreadyExists => {
+                answer.outcome = ImportOutcome::Duplicate;
+                answer.lead_id = status
+                    .message()
+                    .strip_prefix("duplicate of lead ")
+                    .unwrap_or_default()
+                    .to_owned();
+            }
+            Code::FailedPrecondition => {
+                answer.outcome = ImportOutcome::Failed;
+                answer.message = status.message().to_owned();
+            }
+            _ => anyhow::bail!("CaptureLead failed unexpectedly: {status:?}"),
+        },
+    }
+    Ok(answer)
+}
+
+/// Streams `rows` through `ImportLeads` at once and returns the results, after checking there
+/// is one per row, in row order.
+async fn import(suite: &Suite, rows: Vec<ImportLeadsRequest>) -> anyhow::Result<Vec<Answer>> {
+    let numbers: Vec<i64> = rows.iter().map(|row| row.row).collect();
+    let mut results = suite
+        .capture()
+        .await?
+        .import_leads(futures::stream::iter(rows))
+        .await?
+        .into_inner();
+    let mut answers = Vec::with_capacity(numbers.len());
+    while let Some(result) = tokio::time::timeout(RESULT_WAIT, results.next())
+        .await
+        .map_err(|_| anyhow::anyhow!("no import result within {RESULT_WAIT:?}"))?
+        .transpose()?
+    {
+        anyhow::ensure!(
+            answers.len() < numbers.len(),
+            "more results than rows: {result:?}"
+        );
+        assert_eq!(
+            result.row,
+            numbers[answers.len()],
+            "result {} answers another row",
+            answers.len()
+        );
+        answers.push(Answer::from(result));
+    }
+    assert_eq!(answers.len(), numbers.len(), "one result per row");
+    Ok(answers)
+}
+
+/// Checks each answer against what its row should do; returns the lead of each person
+/// (empty for people no answer named).
+fn check_planned(scenario: &Scenario, answers: &[Answer]) -> anyhow::Result<Vec<String>> {
+    let mut leads = vec![String::new(); scenario.people.len()];
+    let mut people = HashMap::<String, usize>::new();
+    for (index, (row, answer)) in scenario.rows.iter().zip(answers).enumerate() {
+        let context = || format!("row {index} ({}): {:?}\n{answer:?}", row.what, row.request);
+        assert_eq!(answer.outcome, row.expect, "{}", context());
+        match row.expect {
+            ImportOutcome::Rejected => {
+                assert_eq!(answer.violations, row.violations, "{}", context());
+            }
+            ImportOutcome::Failed => assert!(
+                answer.message.contains("asked to be erased"),
+                "{}",
+                context()
+            ),
+            ImportOutcome::InReview => {
+                assert!(!answer.review_id.is_empty(), "{}", context());
+            }
+            _ => {}
+        }
+        if !matches!(row.expect, ImportOutcome::Rejected | ImportOutcome::Failed) {
+            assert!(answer.violations.is_empty(), "{}", context());
+        }
+        match row.person {
+            None => assert!(answer.lead_id.is_empty(), "{}", context()),
+            Some(p) => {
+                anyhow::ensure!(!answer.lead_id.is_empty(), "no lead id: {}", context());
+                if leads[p].is_empty() {
+                    leads[p].clone_from(&answer.lead_id);
+                }
+                assert_eq!(
+                    answer.lead_id,
+                    leads[p],
+                    "a row of person {p} names another lead: {}",
+                    context()
+                );
+                let owner = *people.entry(answer.lead_id.clone()).or_insert(p);
+                assert_eq!(owner, p, "two people share a lead: {}", context());
+            }
+        }
+    }
+    Ok(leads)
+}
+
+/// A map of ids in one suite onto ids in another that must stay a bijection.
+#[derive(Default)]
+struct Renaming {
+    forward: HashMap<String, String>,
+    backward: HashMap<String, String>,
+}
+
+impl Renaming {
+    /// Records that `a` is called `b` in the other suite; fails if either already stands for
+    /// something else.
+    fn link(&mut self, a: &str, b: &str) -> anyhow::Result<()> {
+        let forward = self.forward.entry(a.to_owned()).or_insert(b.to_owned());
+        anyhow::ensure!(forward == b, "{a} stands for both {forward} and {b}");
+        let backward = self.backward.entry(b.to_owned()).or_insert(a.to_owned());
+        anyhow::ensure!(backward == a, "{b} stands for both {backward} and {a}");
+        Ok(())
+    }
+
+    fn get(&self, a: &str) -> anyhow::Result<&str> {
+        self.forward
+            .get(a)
+            .map(String::as_str)
+            .ok_or_else(|| anyhow::anyhow!("{a} was never named in both suites"))
+    }
+}
+
+/// Returns the stored lead `lead_id`, unmasked (the admin key has `pii:read`).
+async fn get(client: &mut Client, lead_id: &str) -> anyhow::Result<Lead> {
+    client
+        .get_lead(GetLeadRequest {
+            lead_id: lead_id.to_owned(),
+        })
+        .await?
+        .into_inner()
+        .lead
+        .ok_or_else(|| anyhow::anyhow!("GetLead without a lead"))
+}
+
+/// `lead` without what differs between two databases holding the same history: ids, times.
+fn comparable(mut lead: Lead) -> Lead {
+    lead.lead_id.clear();
+    lead.created_at = None;
+    for touch in [lead.first_touch.as_mut(), lead.latest_touch.as_mut()]
+        .into_iter()
+        .flatten()
+    {
+        touch.captured_at = None;
+    }
+    for consent in &mut lead.consents {
+        consent.consent_id.clear();
+        consent.given_at = None;
+    }
+    for merge in &mut lead.merges {
+        merge.merge_id.clear();
+        merge.lead_id.clear();
+        merge.merged_lead_id.clear();
+        merge.merged_at = None;
+    }
+    lead
+}
+
+/// Every pending merge review (at most 500).
+async fn pending_reviews(client: &mut Client) -> anyhow::Result<Vec<MergeReview>> {
+    let page = client
+        .list_merge_reviews(ListMergeReviewsRequest {
+            page_size: 500,
+            ..ListMergeReviewsRequest::default()
+        })
+        .await?
+        .into_inner();
+    anyhow::ensure!(page.next_page_token.is_empty(), "over 500 pending reviews");
+    Ok(page.reviews)
+}
+
+/// Waits until the relay published every outbox row, then counts capture's stream by event
+/// type (checked against the outbox).
+async fn event_counts(suite: &Suite) -> anyhow::Result<BTreeMap<String, i64>> {
+    let mut db = suite.env.connect().await?;
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let outbox: Vec<(String, i64)> =
+            sqlx::query_as("SELECT event_type, count(*) FROM capture.outbox GROUP BY 1")
+                .fetch_all(&mut db)
+                .await?;
+        let outbox: BTreeMap<String, i64> = outbox.into_iter().collect();
+        let unpublished = count(
+            &mut db,
+            "SELECT count(*) FROM capture.outbox WHERE published_at IS NULL",
+        )
+        .await?;
+        let mut stream = BTreeMap::<String, i64>::new();
+        for event in published(suite).await? {
+            *stream.entry(event.envelope.event_type).or_default() += 1;
+        }
+        if unpublished == 0 && stream == outbox {
+            return Ok(stream);
+        }
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "capture's stream {stream:?} never caught up with its outbox {outbox:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Registers the vendor source, and captures and erases the person the scenario's erased
+/// story is about.
+async fn prepare(suite: &Suite) -> anyhow::Result<()> {
+    suite
+        .create_source(
+            VENDOR_SOURCE,
+            SourceSettings {
+                name: "Acme leads".into(),
+                kind: SourceKind::Vendor.into(),
+                dedupe: Some(DedupePolicy {
+                    mode: DedupeMode::Reject.into(),
+                    window_seconds: 3600,
+                }),
+                cost_per_lead_micros: 4_000_000,
+                currency: "USD".into(),
+                ..SourceSettings::default()
+            },
+        )
+        .await?;
+    let mut client = suite.capture().await?;
+    let erased = client
+        .capture_lead(capture_of(LeadInput {
+            first_name: "Erased".into(),
+            ..person(&email(ERASED_N), &phone_variant(ERASED_N, 0))
+        }))
+        .await?
+        .into_inner();
+    client
+        .erase_lead(EraseLeadRequest {
+            lead_id: erased.lead.map(|lead| lead.lead_id).unwrap_or_default(),
+            reason: "gdpr-request".into(),
+        })
+        .await?;
+    Ok(())
+}
+
+/// `SELECT count(*)` of leads (not merged) and of records (merged into a lead).
+async fn leads_and_records(suite: &Suite) -> anyhow::Result<(i64, i64)> {
+    let mut db = suite.env.connect().await?;
+    Ok((
+        count(
+            &mut db,
+            "SELECT count(*) FROM capture.leads WHERE merged_into IS NULL",
+        )
+        .await?,
+        count(
+            &mut db,
+            "SELECT count(*) FROM capture.leads WHERE merged_into IS NOT NULL",
+        )
+        .await?,
+    ))
+}
+
+// ---------------------------------------------------------------------------------------------
+// The tests.
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_import_answers_and_stores_what_capturing_each_row_in_turn_would() -> anyhow::Result<()>
+{
+    let scenario = Scenario::generate(600, 0x1EAD_F10E, FULL_MIX);
+    let (kinds, outcomes) = scenario.tally();
+    eprintln!("generated rows: {kinds:?}; outcomes {outcomes:?}");
+    for (kind, least) in [
+        ("new person", 100),
+        ("new vendor person", 10),
+        ("close re-capture", 50),
+        ("far re-capture", 25),
+        ("filling re-capture", 20),
+        ("invalid row", 40),
+        ("vendor duplicate", 10),
+        ("identity conflict", 5),
+        ("consent mismatch", 3),
+        ("first consent", 3),
+        ("same consent", 2),
+        ("erased person", 3),
+        ("erased person back with consent", 2),
+        ("erased person's two leads", 1),
+    ] {
+        let got = kinds.get(kind).copied().unwrap_or_default();
+        assert!(got >= least, "the generator made {got} rows of {kind}");
+    }
+
+    // Suite A imports; suite B, set up the same way, captures each row in turn.
+    let (a, b) = tokio::try_join!(Suite::start_capture(), Suite::start_capture())?;
+    tokio::try_join!(prepare(&a), prepare(&b))?;
+    let started = Instant::now();
+    let imported = import(&a, scenario.import_rows()).await?;
+    let import_took = started.elapsed();
+    let mut client_b = b.capture().await?;
+    let started = Instant::now();
+    let mut captured = Vec::with_capacity(scenario.rows.len());
+    for row in &scenario.rows {
+        let result = client_b
+            .capture_lead(row.request.clone())
+            .await
+            .map(tonic::Response::into_inner);
+        captured.push(answered(result)?);
+    }
+    eprintln!(
+        "{} rows: imported in {import_took:.2?}, captured one by one in {:.2?}",
+        scenario.rows.len(),
+        started.elapsed()
+    );
+
+    // Each row did what it meant, and the people map onto leads one to one.
+    let leads_a = check_planned(&scenario, &imported)?;
+    // Row by row, the import answered as CaptureLead did, up to renaming of ids.
+    let mut leads = Renaming::default();
+    let mut reviews = Renaming::default();
+    for (index, (a_answer, b_answer)) in imported.iter().zip(&captured).enumerate() {
+        let row = &scenario.rows[index];
+        let context = || {
+            format!(
+                "row {index} ({}): {:?}\nimport: {a_answer:?}\ncapture: {b_answer:?}",
+                row.what, row.request
+            )
+        };
+        assert_eq!(a_answer.outcome, b_answer.outcome, "{}", context());
+        assert_eq!(a_answer.violations, b_answer.violations, "{}", context());
+        assert_eq!(a_answer.message, b_answer.message, "{}", context());
+        assert_eq!(
+            a_answer.lead_id.is_empty(),
+            b_answer.lead_id.is_empty(),
+            "{}",
+            context()
+        );
+        if !a_answer.lead_id.is_empty() {
+            leads
+                .link(&a_answer.lead_id, &b_answer.lead_id)
+                .map_err(|err| anyhow::anyhow!("{err}: {}", context()))?;
+        }
+        assert_eq!(
+            a_answer.review_id.is_empty(),
+            b_answer.review_id.is_empty(),
+            "{}",
+            context()
+        );
+        if !a_answer.review_id.is_empty() {
+            reviews
+                .link(&a_answer.review_id, &b_answer.review_id)
+                .map_err(|err| anyhow::anyhow!("{err}: {}", context()))?;
+        }
+    }
+
+    // The same leads and records: every person's lead, and the erased one.
+    let people = scenario.people.len() as i64;
+    let merged = scenario.expected(ImportOutcome::Merged) as i64;
+    assert_eq!(
+        leads_and_records(&a).await?,
+        (people + 1, merged),
+        "suite A"
+    );
+    assert_eq!(
+        leads_and_records(&b).await?,
+        (people + 1, merged),
+        "suite B"
+    );
+
+    // Each lead as the rows left it, the same in both suites.
+    let mut client_a = a.capture().await?;
+    for (p, person) in scenario.people.iter().enumerate() {
+        let lead_a = get(&mut client_a, &leads_a[p]).await?;
+        let lead_b = get(&mut client_b, leads.get(&leads_a[p])?).await?;
+        let context = format!("person {p} {person:?}\nlead {lead_a:?}");
+        assert_eq!(lead_a.touch_count, person.touches, "{context}");
+        let want_email = if person.has_email {
+            email(person.n)
+        } else {
+            String::new()
+        };
+        let want_phone = if person.has_phone {
+            e164(person.n)
+        } else {
+            String::new()
+        };
+        assert_eq!(
+            (
+                lead_a.email.as_str(),
+                lead_a.phone.as_str(),
+                lead_a.first_name.as_str(),
+                lead_a.last_name.as_str(),
+                lead_a.company.as_str(),
+                lead_a.source.as_str(),
+            ),
+            (
+                want_email.as_str(),
+                want_phone.as_str(),
+                person.first_name.as_str(),
+                person.last_name.as_str(),
+                person.company.as_str(),
+                person.source,
+            ),
+            "{context}"
+        );
+        let fills: Vec<Vec<String>> = lead_a
+            .merges
+            .iter()
+            .map(|merge| merge.fields_filled.clone())
+            .collect();
+        assert_eq!(
+            fills, person.fills,
+            "merges and what each filled: {context}"
+        );
+        assert!(
+            lead_a
+                .merges
+                .iter()
+                .all(|merge| merge.kind() == MergeKind::Capture
+                    && merge.lead_id == leads_a[p]
+                    && merge.unmerged_at.is_none()),
+            "{context}"
+        );
+        assert_eq!(
+            (
+                lead_a
+                    .first_touch
+                    .as_ref()
+                    .map(|touch| touch.campaign.as_str()),
+                lead_a
+                    .latest_touch
+                    .as_ref()
+                    .map(|touch| touch.campaign.as_str()),
+            ),
+            (
+                Some(person.first_campaign.as_str()),
+                Some(person.latest_campaign.as_str())
+            ),
+            "first and latest touch: {context}"
+        );
+        let mut channels: Vec<String> = lead_a
+            .consents
+            .iter()
+            .flat_map(|consent| consent.channels().map(|channel| channel.as_str_name()))
+            .map(|name| name.trim_start_matches("CONSENT_CHANNEL_").to_lowercase())
+            .collect();
+        channels.sort();
+        channels.dedup();
+        assert_eq!(channels, person.consent, "consent channels: {context}");
+        assert_eq!(
+            comparable(lead_a.clone()),
+            comparable(lead_b),
+            "suite B's lead differs: {context}"
+        );
+    }
+
+    // The same reviews pending, of the same leads.
+    let (pending_a, pending_b) = (
+        pending_reviews(&mut client_a).await?,
+        pending_reviews(&mut client_b).await?,
+    );
+    assert_eq!(
+        pending_a.len(),
+        scenario.expected(ImportOutcome::InReview),
+        "pending reviews in A"
+    );
+    assert_eq!(pending_a.len(), pending_b.len(), "pending reviews in B");
+    let by_id: HashMap<&str, &MergeReview> = pending_b
+        .iter()
+        .map(|review| (review.review_id.as_str(), review))
+        .collect();
+    for review in &pending_a {
+        let other = by_id
+            .get(reviews.get(&review.review_id)?)
+            .ok_or_else(|| anyhow::anyhow!("B has no review for {review:?}"))?;
+        assert_eq!(
+            (
+                review.reason(),
+                leads.get(&review.lead_id)?,
+                review.source.as_str(),
+                &review.capture,
+                &review.lead_consent_channels,
+                &review.capture_consent_channels,
+            ),
+            (
+                other.reason(),
+                other.lead_id.as_str(),
+                other.source.as_str(),
+                &other.capture,
+                &other.lead_consent_channels,
+                &other.capture_consent_channels,
+            ),
+        );
+        if review.other_lead_id.is_empty() {
+            assert!(other.other_lead_id.is_empty(), "{other:?}");
+        } else {
+            assert_eq!(leads.get(&review.other_lead_id)?, other.other_lead_id);
+        }
+    }
+
+    // The same events: one lead.captured per lead (the erased one's too), one lead.merged per
+    // merge, one lead.rejected per invalid row.
+    let (events_a, events_b) = tokio::try_join!(event_counts(&a), event_counts(&b))?;
+    let of = |events: &BTreeMap<String, i64>, event_type: &str| {
+        events.get(event_type).copied().unwrap_or_default()
+    };
+    assert_eq!(
+        (
+            of(&events_a, "lead.captured"),
+            of(&events_a, "lead.merged"),
+            of(&events_a, "lead.rejected"),
+        ),
+        (
+            people + 1,
+            merged,
+            scenario.expected(ImportOutcome::Rejected) as i64
+        ),
+        "events of suite A: {events_a:?}"
+    );
+    assert_eq!(events_a, events_b, "events of A and B by type");
+    Ok(())
+}
