@@ -1,6 +1,6 @@
 //! `ImportLeads` pinned down before its set-based rewrite: an import answers every row, in row
 //! order, as `CaptureLead` answers the same rows one at a time, and leaves the same leads,
-//! merges, reviews and events behind.
+//! merges, reviews and events behind; it answers while the client is still sending.
 //!
 //! The rows come from a deterministic generator that knows what each row should do (a
 //! [`Planned`] outcome and the person it is about), so every test asserts both that the
@@ -12,6 +12,7 @@
 //! batched implementation).
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
@@ -195,6 +196,20 @@ const FULL_MIX: Mix = Mix {
     conflict: 3,
     consent: 5,
     erased_story: true,
+};
+
+/// New people, re-captures and invalid rows through the website source only.
+const SIMPLE_MIX: Mix = Mix {
+    fresh: 40,
+    fresh_vendor: 0,
+    close: 20,
+    far: 12,
+    fill: 8,
+    invalid: 20,
+    vendor_duplicate: 0,
+    conflict: 0,
+    consent: 0,
+    erased_story: false,
 };
 
 /// A deterministic sequence of rows with what each should do.
@@ -1384,5 +1399,121 @@ async fn an_import_answers_and_stores_what_capturing_each_row_in_turn_would() ->
         "events of suite A: {events_a:?}"
     );
     assert_eq!(events_a, events_b, "events of A and B by type");
+    Ok(())
+}
+
+/// Rows a paced import sends before it waits for their answers.
+const FIRST_ROWS: usize = 3;
+/// How far a paced import's rows may run ahead of their answers.
+const LOOKAHEAD: usize = 1_000;
+
+#[tokio::test(flavor = "multi_thread")]
+async fn five_thousand_rows_in_one_stream_are_answered_in_order_while_they_are_sent()
+-> anyhow::Result<()> {
+    let scenario = Scenario::generate(5_000, 0x5EED_0005, SIMPLE_MIX);
+    let (_, outcomes) = scenario.tally();
+    eprintln!("generated outcomes: {outcomes:?}");
+    let suite = Suite::start_capture().await?;
+    let rows = scenario.import_rows();
+    let total = rows.len();
+    let numbers: Vec<i64> = rows.iter().map(|row| row.row).collect();
+
+    let (sender, receiver) = tokio::sync::mpsc::channel::<ImportLeadsRequest>(64);
+    let allowed = Arc::new(tokio::sync::Semaphore::new(0));
+    let feeder = {
+        let allowed = allowed.clone();
+        tokio::spawn(async move {
+            for (index, row) in rows.into_iter().enumerate() {
+                if index >= FIRST_ROWS {
+                    allowed.acquire().await?.forget();
+                }
+                sender.send(row).await?;
+            }
+            anyhow::Ok(())
+        })
+    };
+    let started = Instant::now();
+    let mut results = suite
+        .capture()
+        .await?
+        .import_leads(tokio_stream::wrappers::ReceiverStream::new(receiver))
+        .await?
+        .into_inner();
+    let mut answers = Vec::with_capacity(total);
+    let mut first_answered = None;
+    loop {
+        let next = tokio::time::timeout(RESULT_WAIT, results.next())
+            .await
+            .map_err(|_| {
+                anyhow::anyhow!(
+                    "no result within {RESULT_WAIT:?} after {} results, while the client waits \
+                     for answers before sending more: rows must be answered once decided",
+                    answers.len()
+                )
+            })?;
+        let Some(result) = next.transpose()? else {
+            break;
+        };
+        anyhow::ensure!(answers.len() < total, "more results than rows");
+        assert_eq!(
+            result.row,
+            numbers[answers.len()],
+            "results come in row order"
+        );
+        answers.push(Answer::from(result));
+        if answers.len() == FIRST_ROWS {
+            first_answered = Some(started.elapsed());
+            allowed.add_permits(LOOKAHEAD);
+        } else if answers.len() > FIRST_ROWS {
+            allowed.add_permits(1);
+        }
+    }
+    feeder.await??;
+    let took = started.elapsed();
+    assert_eq!(answers.len(), total, "one result per row");
+    eprintln!(
+        "{total} rows imported in {took:.2?} ({:.0} rows/s); the first {FIRST_ROWS} answered \
+         alone after {:.2?}",
+        total as f64 / took.as_secs_f64(),
+        first_answered.unwrap_or_default()
+    );
+
+    check_planned(&scenario, &answers)?;
+    let tally = |outcome| {
+        answers
+            .iter()
+            .filter(|answer| answer.outcome == outcome)
+            .count()
+    };
+    let (accepted, merged, rejected) = (
+        scenario.expected(ImportOutcome::Accepted),
+        scenario.expected(ImportOutcome::Merged),
+        scenario.expected(ImportOutcome::Rejected),
+    );
+    assert_eq!(
+        accepted + merged + rejected,
+        total,
+        "the mix has nothing else"
+    );
+    assert_eq!(
+        (
+            tally(ImportOutcome::Accepted),
+            tally(ImportOutcome::Merged),
+            tally(ImportOutcome::Rejected),
+        ),
+        (accepted, merged, rejected)
+    );
+    assert!(accepted > 1_000 && merged > 1_000 && rejected > 500);
+    assert_eq!(
+        leads_and_records(&suite).await?,
+        (accepted as i64, merged as i64),
+        "exactly the accepted leads, and a record per merged row"
+    );
+    let mut db = suite.env.connect().await?;
+    assert_eq!(
+        count(&mut db, "SELECT count(*) FROM capture.touches").await?,
+        (accepted + merged) as i64,
+        "a touch per stored row, none for a rejected one"
+    );
     Ok(())
 }
