@@ -1,6 +1,7 @@
 //! `ImportLeads` pinned down before its set-based rewrite: an import answers every row, in row
 //! order, as `CaptureLead` answers the same rows one at a time, and leaves the same leads,
-//! merges, reviews and events behind; it answers while the client is still sending.
+//! merges, reviews and events behind; it answers while the client is still sending; a unary
+//! capture of the same people beside it makes no second lead.
 //!
 //! The rows come from a deterministic generator that knows what each row should do (a
 //! [`Planned`] outcome and the person it is about), so every test asserts both that the
@@ -16,7 +17,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
-use leadflow_e2e::{Suite, WEBSITE_SOURCE};
+use leadflow_e2e::{Service, Suite, WEBSITE_SOURCE};
 use leadflow_proto::capture::v1::{
     CaptureLeadRequest, CaptureLeadResponse, CaptureOutcome, ConsentChannel, ConsentInput,
     DedupeMode, DedupePolicy, EraseLeadRequest, GetLeadRequest, ImportLeadsRequest,
@@ -1515,5 +1516,213 @@ async fn five_thousand_rows_in_one_stream_are_answered_in_order_while_they_are_s
         (accepted + merged) as i64,
         "a touch per stored row, none for a rejected one"
     );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_capture_of_the_same_people_during_an_import_makes_no_second_lead() -> anyhow::Result<()>
+{
+    const PEOPLE: usize = 120;
+    const ROUNDS: usize = 3;
+    const UNARY_TASKS: usize = 4;
+    let suite = Suite::start_capture().await?;
+    // Round r imports every person once, in email variant r; later rounds add the phone and
+    // the company.
+    let rows: Vec<ImportLeadsRequest> = (0..ROUNDS)
+        .flat_map(|round| (0..PEOPLE).map(move |p| (round, p)))
+        .enumerate()
+        .map(|(index, (round, p))| {
+            let n = 1 + p;
+            ImportLeadsRequest {
+                row: index as i64 + 1,
+                capture: Some(capture_of(LeadInput {
+                    company: if round == 2 {
+                        format!("Company {n}")
+                    } else {
+                        String::new()
+                    },
+                    campaign: format!("import-{round}"),
+                    ..person(
+                        &email_variant(n, round),
+                        &if round == 0 {
+                            String::new()
+                        } else {
+                            phone_variant(n, round)
+                        },
+                    )
+                })),
+            }
+        })
+        .collect();
+    let total = rows.len();
+
+    // Unary captures of person p in two other formats, each sent as the import reaches that
+    // person's row of round 0 and of round 1, so they race the import's rows of p.
+    let (progress_tx, progress) = tokio::sync::watch::channel(0_usize);
+    let client = suite.capture().await?;
+    let started = Instant::now();
+    let mut unary = tokio::task::JoinSet::new();
+    for task in 0..UNARY_TASKS {
+        let mut client = client.clone();
+        let mut progress = progress.clone();
+        unary.spawn(async move {
+            let mut answers = Vec::new();
+            for round in 0..2 {
+                for p in (task..PEOPLE).step_by(UNARY_TASKS) {
+                    let reached = (round * PEOPLE + p).saturating_sub(WINDOW / 2);
+                    progress.wait_for(|answered| *answered >= reached).await?;
+                    let n = 1 + p;
+                    let request = capture_of(LeadInput {
+                        campaign: format!("unary-{round}"),
+                        ..person(
+                            &email_variant(n, 3 - round),
+                            &if round == 0 {
+                                phone_variant(n, 4)
+                            } else {
+                                String::new()
+                            },
+                        )
+                    });
+                    let answer = client.capture_lead(request).await;
+                    answers.push((
+                        p,
+                        answer.map(tonic::Response::into_inner),
+                        started.elapsed(),
+                    ));
+                }
+            }
+            anyhow::Ok(answers)
+        });
+    }
+    let mut results = client
+        .clone()
+        .import_leads(futures::stream::iter(rows))
+        .await?
+        .into_inner();
+    let mut lead_of = vec![String::new(); PEOPLE];
+    let mut answered = 0;
+    while let Some(result) = tokio::time::timeout(RESULT_WAIT, results.next())
+        .await
+        .map_err(|_| anyhow::anyhow!("no import result within {RESULT_WAIT:?}"))?
+        .transpose()?
+    {
+        assert_eq!(result.row, answered as i64 + 1, "results in row order");
+        let p = answered % PEOPLE;
+        assert!(
+            matches!(
+                result.outcome(),
+                ImportOutcome::Accepted | ImportOutcome::Merged
+            ),
+            "row {}: {result:?}",
+            result.row
+        );
+        if lead_of[p].is_empty() {
+            lead_of[p].clone_from(&result.lead_id);
+        }
+        assert_eq!(result.lead_id, lead_of[p], "person {p}'s rows, one lead");
+        answered += 1;
+        progress_tx.send_replace(answered);
+    }
+    let import_done = started.elapsed();
+    assert_eq!(answered, total, "one result per row");
+
+    let mut created_by_unary = 0;
+    let mut during_import = 0;
+    while let Some(joined) = unary.join_next().await {
+        for (p, answer, at) in joined?? {
+            let answer = answer.map_err(|status| anyhow::anyhow!("person {p}: {status:?}"))?;
+            if answer.outcome() == CaptureOutcome::Created {
+                created_by_unary += 1;
+            } else {
+                assert_eq!(answer.outcome(), CaptureOutcome::Merged, "person {p}");
+            }
+            assert_eq!(
+                answer.lead.map(|lead| lead.lead_id).unwrap_or_default(),
+                lead_of[p],
+                "person {p}: the unary capture found the import's lead"
+            );
+            if at < import_done {
+                during_import += 1;
+            }
+        }
+    }
+    eprintln!(
+        "{total} import rows and {} unary captures of {PEOPLE} people: {during_import} unary \
+         answers came while the import ran ({import_done:.2?}); {created_by_unary} unary \
+         captures created the lead",
+        2 * PEOPLE
+    );
+    assert!(
+        during_import > 0,
+        "the unary captures ran beside the import"
+    );
+
+    let captures_per_person = (ROUNDS + 2) as i64;
+    let mut db = suite.env.connect().await?;
+    assert_eq!(
+        leads_and_records(&suite).await?,
+        (PEOPLE as i64, PEOPLE as i64 * (captures_per_person - 1)),
+        "one lead per person; every other capture a record of it"
+    );
+    assert_eq!(
+        count(
+            &mut db,
+            // ROUNDS + 2 captures of each person.
+            "SELECT count(*) FROM capture.leads WHERE merged_into IS NULL AND touch_count <> 5"
+        )
+        .await?,
+        0,
+        "every capture of a person is a touch of their one lead"
+    );
+    // Every row carrying a person's email or phone, lead or record, belongs to one lead.
+    for (what, sql) in [
+        (
+            "email",
+            "SELECT count(*) FROM (SELECT email_digest FROM capture.leads \
+             WHERE email_digest IS NOT NULL GROUP BY email_digest \
+             HAVING count(DISTINCT COALESCE(merged_into, lead_id)) > 1) split",
+        ),
+        (
+            "phone",
+            "SELECT count(*) FROM (SELECT phone_digest FROM capture.leads \
+             WHERE phone_digest IS NOT NULL GROUP BY phone_digest \
+             HAVING count(DISTINCT COALESCE(merged_into, lead_id)) > 1) split",
+        ),
+    ] {
+        assert_eq!(count(&mut db, sql).await?, 0, "an {what} split over leads");
+    }
+    assert_eq!(
+        count(
+            &mut db,
+            "SELECT count(DISTINCT email_digest) FROM capture.leads"
+        )
+        .await?,
+        PEOPLE as i64
+    );
+    let mut client = suite.capture().await?;
+    for (p, lead_id) in lead_of.iter().enumerate() {
+        let lead = get(&mut client, lead_id).await?;
+        assert_eq!(
+            (
+                lead.email.as_str(),
+                lead.phone.as_str(),
+                lead.company.as_str(),
+                lead.touch_count
+            ),
+            (
+                email(1 + p).as_str(),
+                e164(1 + p).as_str(),
+                format!("Company {}", 1 + p).as_str(),
+                captures_per_person as i32
+            ),
+            "person {p}"
+        );
+    }
+    let failed: Vec<String> = suite.services[&Service::Capture]
+        .logs()
+        .into_iter()
+        .filter(|line| line.contains("capture failed") || line.contains("\"level\":\"ERROR\""))
+        .collect();
+    assert!(failed.is_empty(), "capture failed internally: {failed:?}");
     Ok(())
 }
