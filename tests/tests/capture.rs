@@ -1,8 +1,8 @@
 //! capture through its public gRPC interface, against the real binary: dedupe and merge and
-//! the dedupe race (R9, I3), imports answered as capturing each row would, idempotent retries
-//! (I2), personal data sealed, masked and erased (I8, R13), the merge review queue and unmerge,
-//! returns, source rules, consent evidence, the auth matrix (R12), and rotation of the
-//! key-encryption key of personal data.
+//! the dedupe race (R9, I3), imports answered as capturing each row would (and `leadctl
+//! import`), idempotent retries (I2), personal data sealed, masked and erased (I8, R13), the
+//! merge review queue and unmerge, returns, source rules, consent evidence, the auth matrix
+//! (R12), and rotation of the key-encryption key of personal data.
 //!
 //! Direct SQL only asserts what is stored; Redis `XRANGE` only asserts what was published.
 

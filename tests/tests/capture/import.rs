@@ -1,7 +1,7 @@
 //! `ImportLeads` pinned down before its set-based rewrite: an import answers every row, in row
 //! order, as `CaptureLead` answers the same rows one at a time, and leaves the same leads,
 //! merges, reviews and events behind; it answers while the client is still sending; a unary
-//! capture of the same people beside it makes no second lead.
+//! capture of the same people beside it makes no second lead; `leadctl import` sums it up.
 //!
 //! The rows come from a deterministic generator that knows what each row should do (a
 //! [`Planned`] outcome and the person it is about), so every test asserts both that the
@@ -17,7 +17,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
-use leadflow_e2e::{Service, Suite, WEBSITE_SOURCE};
+use leadflow_e2e::{Service, Suite, WEBSITE_SOURCE, binary_path};
 use leadflow_proto::capture::v1::{
     CaptureLeadRequest, CaptureLeadResponse, CaptureOutcome, ConsentChannel, ConsentInput,
     DedupeMode, DedupePolicy, EraseLeadRequest, GetLeadRequest, ImportLeadsRequest,
@@ -1724,5 +1724,124 @@ async fn a_capture_of_the_same_people_during_an_import_makes_no_second_lead() ->
         .filter(|line| line.contains("capture failed") || line.contains("\"level\":\"ERROR\""))
         .collect();
     assert!(failed.is_empty(), "capture failed internally: {failed:?}");
+    Ok(())
+}
+
+/// Rows 2–9 of the CSV `leadctl` imports (line 1 is the header).
+const FAIR_CSV: &str = "\
+email,phone,first_name,last_name,company,campaign
+ada@fair-example.com,(415) 555-0101,Ada,Lovelace,,fair
+grace@fair-example.com,,Grace,Hopper,,fair
+not-an-email,,Bad,Email,,fair
+ ADA@Fair-Example.COM ,+1 415 555 0101,,,Analytical Engines,fair
+,,No,Contact,,fair
+alan@fair-example.com,12,Alan,Turing,,fair
+grace@fair-example.com,415.555.0102,,,Navy,fair
+alan@fair-example.com,+44 1908 640404,Alan,Turing,,fair
+";
+
+/// The `name | number` rows of every table `leadctl` printed.
+fn table_rows(stdout: &str) -> BTreeMap<String, u64> {
+    stdout
+        .lines()
+        .filter_map(|line| {
+            let cells: Vec<&str> = line
+                .split(['|', '│', '┆'])
+                .map(str::trim)
+                .filter(|cell| !cell.is_empty())
+                .collect();
+            match cells.as_slice() {
+                [name, rows] => rows.parse().ok().map(|rows| ((*name).to_owned(), rows)),
+                _ => None,
+            }
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn leadctl_import_sums_up_and_writes_the_bad_rows_beside_the_file() -> anyhow::Result<()> {
+    let suite = Suite::start_capture().await?;
+    suite
+        .create_source(
+            "spring-fair",
+            SourceSettings {
+                name: "Spring fair badge scans".into(),
+                kind: SourceKind::Import.into(),
+                dedupe: Some(DedupePolicy {
+                    mode: DedupeMode::Merge.into(),
+                    window_seconds: 0,
+                }),
+                currency: "USD".into(),
+                ..SourceSettings::default()
+            },
+        )
+        .await?;
+    let key = suite
+        .env
+        .create_api_key("fair-importer", &["leads:write"])
+        .await?;
+    let dir = std::env::temp_dir().join(format!("leadflow-e2e-{}-import", suite.env.database));
+    std::fs::create_dir_all(&dir)?;
+    let file = dir.join("fair.csv");
+    std::fs::write(&file, FAIR_CSV)?;
+
+    let output = tokio::time::timeout(
+        Duration::from_secs(60),
+        tokio::process::Command::new(binary_path("leadctl")?)
+            .arg("import")
+            .arg(&file)
+            .args(["--source", "spring-fair"])
+            .env_clear()
+            .env(
+                "LEADCTL_CAPTURE_URL",
+                suite.services[&Service::Capture].url(),
+            )
+            .env("LEADCTL_API_KEY", &key)
+            .kill_on_drop(true)
+            .output(),
+    )
+    .await??;
+    let stdout = String::from_utf8(output.stdout)?;
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        output.status.success(),
+        "leadctl import failed ({}):\n{stdout}\n{stderr}",
+        output.status
+    );
+    let rejects = dir.join("fair.rejects.csv");
+    let expected: BTreeMap<String, u64> = [
+        ("accepted", 3),
+        ("merged", 2),
+        ("rejected", 3),
+        ("INVALID_EMAIL", 1),
+        ("INVALID_PHONE", 1),
+        ("REQUIRED", 1),
+    ]
+    .into_iter()
+    .map(|(name, rows)| (name.to_owned(), rows))
+    .collect();
+    assert_eq!(table_rows(&stdout), expected, "the summary:\n{stdout}");
+    assert!(
+        stdout.contains(&format!("rejected rows written to {}", rejects.display())),
+        "{stdout}"
+    );
+    let written = std::fs::read_to_string(&rejects)?;
+    assert_eq!(
+        written.lines().collect::<Vec<_>>(),
+        [
+            "row,outcome,reasons,email,phone,first_name,last_name,company,campaign",
+            "4,rejected,lead.email INVALID_EMAIL,not-an-email,,Bad,Email,,fair",
+            "6,rejected,lead.email REQUIRED,,,No,Contact,,fair",
+            "7,rejected,lead.phone INVALID_PHONE,alan@fair-example.com,12,Alan,Turing,,fair",
+        ],
+        "{}",
+        rejects.display()
+    );
+    assert_eq!(
+        leads_and_records(&suite).await?,
+        (3, 2),
+        "three people, two re-captures merged"
+    );
+    std::fs::remove_dir_all(&dir)?;
     Ok(())
 }
