@@ -1,7 +1,8 @@
 //! capture through its public gRPC interface, against the real binary: dedupe and merge and
-//! the dedupe race (R9, I3), idempotent retries (I2), personal data sealed, masked and erased
-//! (I8, R13), the merge review queue and unmerge, returns, source rules, consent evidence, the
-//! auth matrix (R12), and rotation of the key-encryption key of personal data.
+//! the dedupe race (R9, I3), imports answered as capturing each row would (and `leadctl
+//! import`), idempotent retries (I2), personal data sealed, masked and erased (I8, R13), the
+//! merge review queue and unmerge, returns, source rules, consent evidence, the auth matrix
+//! (R12), and rotation of the key-encryption key of personal data.
 //!
 //! Direct SQL only asserts what is stored; Redis `XRANGE` only asserts what was published.
 
@@ -9,6 +10,8 @@
 mod auth;
 #[path = "capture/idempotency.rs"]
 mod idempotency;
+#[path = "capture/import.rs"]
+mod import;
 #[path = "capture/key_rotation.rs"]
 mod key_rotation;
 #[path = "capture/merge.rs"]
