@@ -25,6 +25,26 @@ static FREE_EMAIL_DOMAINS: LazyLock<std::collections::HashSet<&'static str>> =
             .collect()
     });
 
+/// mailchecker's list of throwaway domains, hashed once: its own `is_valid` scans the whole
+/// list (about 55,000 names) for every suffix of every address.
+static DISPOSABLE_DOMAINS: LazyLock<std::collections::HashSet<&'static str>> =
+    LazyLock::new(|| mailchecker::blacklist().into_iter().collect());
+
+/// Whether `domain` or a parent domain of it (of two labels or more) is a throwaway domain,
+/// as mailchecker decides it.
+fn is_disposable_domain(domain: &str) -> bool {
+    let mut suffix = domain;
+    loop {
+        if DISPOSABLE_DOMAINS.contains(suffix) {
+            return true;
+        }
+        match suffix.split_once('.') {
+            Some((_, parent)) if parent.contains('.') => suffix = parent,
+            _ => return false,
+        }
+    }
+}
+
 /// Settings of normalization that do not depend on the source.
 #[derive(Debug, Clone)]
 pub struct NormalizeConfig {
@@ -291,8 +311,7 @@ pub fn parse_email(raw: &str) -> Result<Option<Email>, &'static str> {
     let address = parsed.email();
     let kind = if FREE_EMAIL_DOMAINS.contains(domain) {
         EmailKind::Free
-    } else if !mailchecker::is_valid(&address) {
-        // Syntax is already checked, so mailchecker only objects to throwaway domains.
+    } else if is_disposable_domain(domain) {
         EmailKind::Disposable
     } else {
         EmailKind::Business
@@ -321,10 +340,12 @@ pub fn parse_phone(raw: &str, region: Region) -> Result<Option<Phone>, &'static 
     let international = trimmed.starts_with('+');
     let number = phonenumber::parse((!international).then_some(region), trimmed)
         .map_err(|_| "is not a phone number")?;
-    if !number.is_valid() {
+    // `is_valid` is "has a known type" in phonenumber 0.3, so the type is looked up once.
+    let kind = number.number_type(&phonenumber::metadata::DATABASE);
+    if kind == phonenumber::Type::Unknown {
         return Err("is not a valid phone number");
     }
-    let line_type = match number.number_type(&phonenumber::metadata::DATABASE) {
+    let line_type = match kind {
         phonenumber::Type::Mobile => Some("mobile"),
         phonenumber::Type::FixedLine => Some("fixed_line"),
         phonenumber::Type::FixedLineOrMobile => Some("fixed_line_or_mobile"),
@@ -494,6 +515,61 @@ mod tests {
         );
         assert!(parse_email("sales@acme.io").unwrap().unwrap().role);
         assert!(!parse_email("ada@acme.io").unwrap().unwrap().role);
+    }
+
+    #[test]
+    fn throwaway_domains_are_flagged_as_mailchecker_flags_them() {
+        // Every listed domain, a subdomain of it, and a near miss, against mailchecker's own
+        // (slow) check; a sample of the list keeps the test quick.
+        let list = mailchecker::blacklist();
+        for domain in list.iter().step_by(97) {
+            for candidate in [
+                domain.to_string(),
+                format!("mx.{domain}"),
+                format!("{domain}x.org"),
+                format!("x{domain}"),
+            ] {
+                let address = format!("someone@{candidate}");
+                assert_eq!(
+                    is_disposable_domain(&candidate),
+                    !mailchecker::is_valid(&address),
+                    "{address}"
+                );
+            }
+        }
+        assert!(!is_disposable_domain("acme.io"));
+        assert!(is_disposable_domain("mail.mailinator.com"));
+    }
+
+    #[test]
+    fn a_phone_is_accepted_exactly_when_phonenumber_calls_it_valid() {
+        let mut seen = (0, 0);
+        for (prefix, region) in [
+            ("+1 415 555 ", Region::US),
+            ("+1 202 ", Region::US),
+            ("+44 7700 9", Region::GB),
+            ("+49 151 2", Region::DE),
+            ("+49 30 9", Region::DE),
+            ("+33 6 12 3", Region::FR),
+            ("+61 4 12 3", Region::AU),
+            ("+55 11 9", Region::BR),
+            ("+800 1234 ", Region::US),
+        ] {
+            for n in (0..100_000).step_by(997) {
+                let raw = format!("{prefix}{n:05}");
+                let valid = phonenumber::parse(None, &raw).is_ok_and(|number| number.is_valid());
+                assert_eq!(parse_phone(&raw, region).is_ok(), valid, "{raw}");
+                if valid {
+                    seen.0 += 1;
+                } else {
+                    seen.1 += 1;
+                }
+            }
+        }
+        assert!(
+            seen.0 > 0 && seen.1 > 0,
+            "both valid and invalid numbers: {seen:?}"
+        );
     }
 
     #[test]
