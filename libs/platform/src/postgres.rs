@@ -18,6 +18,10 @@ pub async fn connect(url: &SecretString, schema: &'static str) -> anyhow::Result
 }
 
 /// Returns a pool of at most `max_connections` connections in `schema`.
+///
+/// JIT compilation is off: the services run short statements, for which compiling costs more
+/// than it saves, and a statement whose estimate is off (a table just emptied or filled, a
+/// recursive lineage query) can spend tens of milliseconds compiling a plan that runs in one.
 pub async fn connect_with_limit(
     url: &SecretString,
     schema: &'static str,
@@ -26,7 +30,7 @@ pub async fn connect_with_limit(
     let options = PgConnectOptions::from_str(url.expose_secret())
         .context("parse database url")?
         .application_name(schema)
-        .options([("search_path", schema)]);
+        .options([("search_path", schema), ("jit", "off")]);
     PgPoolOptions::new()
         .max_connections(max_connections.max(2))
         .acquire_timeout(Duration::from_secs(5))

@@ -23,6 +23,8 @@ pub struct Summary {
     pub outcomes: BTreeMap<String, u64>,
     pub reasons: BTreeMap<String, u64>,
     pub rejects_file: Option<PathBuf>,
+    /// A rejects file of an earlier run, removed so none is mistaken for this run's.
+    pub stale_rejects_removed: Option<PathBuf>,
 }
 
 /// Builds a capture request from one CSV record; headers are our field names
@@ -168,6 +170,13 @@ where
         .into_inner();
     let mut summary = Summary::default();
     let rejects_file = rejects_path(path);
+    match std::fs::remove_file(&rejects_file) {
+        Ok(()) => summary.stale_rejects_removed = Some(rejects_file.clone()),
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
+        Err(err) => {
+            return Err(err).with_context(|| format!("remove old {}", rejects_file.display()));
+        }
+    }
     let mut rejects: Option<csv::Writer<std::fs::File>> = None;
     while let Some(result) = results.next().await {
         let result = result
@@ -250,6 +259,11 @@ pub fn print(summary: &Summary) {
     }
     if let Some(file) = &summary.rejects_file {
         println!("rejected rows written to {}", file.display());
+    } else if let Some(file) = &summary.stale_rejects_removed {
+        println!(
+            "no row rejected; removed {} left by an earlier import",
+            file.display()
+        );
     }
 }
 

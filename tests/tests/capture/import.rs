@@ -1786,28 +1786,10 @@ async fn leadctl_import_sums_up_and_writes_the_bad_rows_beside_the_file() -> any
     let file = dir.join("fair.csv");
     std::fs::write(&file, FAIR_CSV)?;
 
-    let output = tokio::time::timeout(
-        Duration::from_secs(60),
-        tokio::process::Command::new(binary_path("leadctl")?)
-            .arg("import")
-            .arg(&file)
-            .args(["--source", "spring-fair"])
-            .env_clear()
-            .env(
-                "LEADCTL_CAPTURE_URL",
-                suite.services[&Service::Capture].url(),
-            )
-            .env("LEADCTL_API_KEY", &key)
-            .kill_on_drop(true)
-            .output(),
-    )
-    .await??;
-    let stdout = String::from_utf8(output.stdout)?;
-    let stderr = String::from_utf8_lossy(&output.stderr);
+    let (stdout, stderr, status) = leadctl_import(&suite, &file, &key).await?;
     assert!(
-        output.status.success(),
-        "leadctl import failed ({}):\n{stdout}\n{stderr}",
-        output.status
+        status.success(),
+        "leadctl import failed ({status}):\n{stdout}\n{stderr}"
     );
     let rejects = dir.join("fair.rejects.csv");
     let expected: BTreeMap<String, u64> = [
@@ -1843,8 +1825,58 @@ async fn leadctl_import_sums_up_and_writes_the_bad_rows_beside_the_file() -> any
         (3, 2),
         "three people, two re-captures merged"
     );
+
+    // A clean import under the same name leaves no rejects of the earlier run beside it.
+    std::fs::write(
+        &file,
+        "email,phone,first_name,last_name,company,campaign\ngrace@fair-example.com,,,,,fair\n",
+    )?;
+    let (stdout, stderr, status) = leadctl_import(&suite, &file, &key).await?;
+    assert!(
+        status.success(),
+        "second import failed:\n{stdout}\n{stderr}"
+    );
+    assert!(!rejects.exists(), "the earlier rejects file is gone");
+    assert!(
+        stdout.contains(&format!(
+            "no row rejected; removed {} left by an earlier import",
+            rejects.display()
+        )),
+        "{stdout}"
+    );
+    assert_eq!(table_rows(&stdout).get("merged"), Some(&1), "{stdout}");
     std::fs::remove_dir_all(&dir)?;
     Ok(())
+}
+
+/// Runs `leadctl import FILE --source spring-fair` against the suite's capture with `key`;
+/// returns its stdout, stderr and exit status.
+async fn leadctl_import(
+    suite: &Suite,
+    file: &std::path::Path,
+    key: &str,
+) -> anyhow::Result<(String, String, std::process::ExitStatus)> {
+    let output = tokio::time::timeout(
+        Duration::from_secs(60),
+        tokio::process::Command::new(binary_path("leadctl")?)
+            .arg("import")
+            .arg(file)
+            .args(["--source", "spring-fair"])
+            .env_clear()
+            .env(
+                "LEADCTL_CAPTURE_URL",
+                suite.services[&Service::Capture].url(),
+            )
+            .env("LEADCTL_API_KEY", key)
+            .kill_on_drop(true)
+            .output(),
+    )
+    .await??;
+    Ok((
+        String::from_utf8(output.stdout)?,
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+        output.status,
+    ))
 }
 
 /// Rows of one person a few rows apart (inside one batch): the earlier row must still be the

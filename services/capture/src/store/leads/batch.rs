@@ -349,14 +349,19 @@ impl LeadStore {
             .iter()
             .filter_map(|(_, phone)| phone.as_deref())
             .collect();
-        // Locked in one order, so two batches cannot deadlock on each other's leads.
+        // One index probe per identity, whatever the planner believes of the table's size (a
+        // table just emptied and filled by this import has no statistics yet); locked in one
+        // order, so two batches cannot deadlock on each other's leads.
         let known: Vec<KnownLead> = sqlx::query_as(
             "SELECT lead_id, data_key, email_bidx, phone_bidx, first_name_sealed IS NOT NULL AS has_first_name, \
                last_name_sealed IS NOT NULL AS has_last_name, company <> '' AS has_company, \
                country <> '' AS has_country, website <> '' AS has_website, job_title <> '' AS has_job_title, \
                last_captured_at \
-             FROM capture.leads WHERE (email_bidx = ANY($1) OR phone_bidx = ANY($2)) AND erased_at IS NULL \
-             ORDER BY lead_id FOR UPDATE",
+             FROM capture.leads WHERE lead_id IN ( \
+               SELECT l.lead_id FROM UNNEST($1::bytea[]) AS e (bidx) JOIN capture.leads l ON l.email_bidx = e.bidx \
+               UNION \
+               SELECT l.lead_id FROM UNNEST($2::bytea[]) AS p (bidx) JOIN capture.leads l ON l.phone_bidx = p.bidx) \
+             AND erased_at IS NULL ORDER BY lead_id FOR UPDATE",
         )
         .bind(&emails)
         .bind(&phones)
