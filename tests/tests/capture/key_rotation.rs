@@ -484,22 +484,10 @@ async fn a_rotation_beside_a_serving_capture_loses_nothing() -> anyhow::Result<(
         })
     };
 
-    // Interrupted after a moment (whatever it committed stays), then run to the end.
-    let mut interrupted = Command::new(binary_path("capture")?)
-        .args(["rotate-keys", "--batch-size", "1"])
-        .env_clear()
-        .env("RUST_LOG", "warn")
-        .envs(capture_env(&fixture.env, KEY_B, &[KEY_A]))
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .kill_on_drop(true)
-        .spawn()?;
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    interrupted.start_kill()?;
-    let _killed = interrupted.wait().await?;
-
-    // A lead still under A stays locked through the first passes, as a long capture would
-    // hold it: the rotation skips it rather than waiting, and takes it in a later pass.
+    // A lead under A stays locked through the interrupted run and the first passes of the
+    // next, as a long capture would hold it: the rotation skips it rather than waiting, and
+    // takes it in a later pass. (Locked before the interrupted run, which may otherwise
+    // re-wrap every lead before it is killed.)
     let (locked, held) = tokio::sync::oneshot::channel();
     let holder = {
         let database_url = fixture.env.database_url.clone();
@@ -514,12 +502,26 @@ async fn a_rotation_beside_a_serving_capture_loses_nothing() -> anyhow::Result<(
             .fetch_one(&mut *tx)
             .await?;
             let _waiting = locked.send(lead_id);
-            tokio::time::sleep(Duration::from_millis(1200)).await;
+            tokio::time::sleep(Duration::from_millis(1500)).await;
             tx.commit().await?;
             anyhow::Ok(lead_id)
         })
     };
     let held_lead = held.await?;
+    // Interrupted after a moment (whatever it committed stays), then run to the end.
+    let mut interrupted = Command::new(binary_path("capture")?)
+        .args(["rotate-keys", "--batch-size", "1"])
+        .env_clear()
+        .env("RUST_LOG", "warn")
+        .envs(capture_env(&fixture.env, KEY_B, &[KEY_A]))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()?;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    interrupted.start_kill()?;
+    let _killed = interrupted.wait().await?;
+
     let captured_before = captured.load(Ordering::Relaxed);
     let rotated = rotate_keys(&fixture.env, KEY_B, &[KEY_A], &["--batch-size", "4"]).await?;
     let captured_during = captured.load(Ordering::Relaxed) - captured_before;
