@@ -341,6 +341,17 @@ impl LeadStore {
         suppressed: &[bool],
     ) -> Result<Vec<Result<Batched, StoreError>>, StoreError> {
         let mut tx = self.pool.begin().await?;
+        // Every statement below finds rows by a key (an identity, a lead id, a lineage link),
+        // a few per row of the batch; but a table an import is filling has no statistics yet,
+        // and the planner, believing it small, scans or hashes the whole table once per
+        // statement per batch (growing with the table). For this transaction only, whole-table
+        // scans, hash and merge joins are made a last resort, so lookups go through the indexes.
+        sqlx::raw_sql(
+            "SET LOCAL enable_seqscan = off; SET LOCAL enable_hashjoin = off; \
+             SET LOCAL enable_mergejoin = off",
+        )
+        .execute(&mut *tx)
+        .await?;
         let emails: Vec<&[u8]> = identities
             .iter()
             .filter_map(|(email, _)| email.as_deref())
@@ -349,19 +360,14 @@ impl LeadStore {
             .iter()
             .filter_map(|(_, phone)| phone.as_deref())
             .collect();
-        // One index probe per identity, whatever the planner believes of the table's size (a
-        // table just emptied and filled by this import has no statistics yet); locked in one
-        // order, so two batches cannot deadlock on each other's leads.
+        // Locked in one order, so two batches cannot deadlock on each other's leads.
         let known: Vec<KnownLead> = sqlx::query_as(
             "SELECT lead_id, data_key, email_bidx, phone_bidx, first_name_sealed IS NOT NULL AS has_first_name, \
                last_name_sealed IS NOT NULL AS has_last_name, company <> '' AS has_company, \
                country <> '' AS has_country, website <> '' AS has_website, job_title <> '' AS has_job_title, \
                last_captured_at \
-             FROM capture.leads WHERE lead_id IN ( \
-               SELECT l.lead_id FROM UNNEST($1::bytea[]) AS e (bidx) JOIN capture.leads l ON l.email_bidx = e.bidx \
-               UNION \
-               SELECT l.lead_id FROM UNNEST($2::bytea[]) AS p (bidx) JOIN capture.leads l ON l.phone_bidx = p.bidx) \
-             AND erased_at IS NULL ORDER BY lead_id FOR UPDATE",
+             FROM capture.leads WHERE (email_bidx = ANY($1) OR phone_bidx = ANY($2)) AND erased_at IS NULL \
+             ORDER BY lead_id FOR UPDATE",
         )
         .bind(&emails)
         .bind(&phones)
