@@ -124,6 +124,7 @@ fn import_result(row: i64, stored: Result<Batched, CaptureError>) -> ImportLeads
 /// Parses a chunk of rows; the rows and what became of those that cannot be stored.
 async fn prepare_chunk(
     capturer: Capturer,
+    origin: Origin,
     chunk: Vec<Result<ImportLeadsRequest, Status>>,
 ) -> (Vec<i64>, Result<PreparedImport, String>, Option<Status>) {
     let mut numbers = Vec::with_capacity(chunk.len());
@@ -143,7 +144,7 @@ async fn prepare_chunk(
         }
     }
     let prepared = capturer
-        .prepare_import(requests)
+        .prepare_import(&origin, requests)
         .await
         .map_err(|err| Status::from(err).message().to_owned());
     (numbers, prepared, broken)
@@ -238,23 +239,29 @@ impl CaptureService for CaptureApi {
         });
         let capturer = self.capturer.clone();
         let storer = self.capturer.clone();
+        let parser_origin = origin.clone();
         let chunks = tokio_stream::StreamExt::chunks_timeout(
             tokio_stream::wrappers::ReceiverStream::new(receiver),
             IMPORT_BATCH,
             IMPORT_LINGER,
         );
         let results = chunks
-            .map(move |chunk| tokio::spawn(prepare_chunk(capturer.clone(), chunk)))
+            .map(move |chunk| {
+                tokio::spawn(prepare_chunk(
+                    capturer.clone(),
+                    parser_origin.clone(),
+                    chunk,
+                ))
+            })
             .buffered(2)
             .then(move |prepared| {
                 let capturer = storer.clone();
-                let origin = origin.clone();
                 async move {
                     let (numbers, prepared, broken) = prepared
                         .map_err(|err| Status::internal(format!("parse import rows: {err}")))?;
                     let mut results: Vec<Result<ImportLeadsResponse, Status>> = match prepared {
                         Ok(prepared) => {
-                            let stored = capturer.store_import(&origin, prepared).await;
+                            let stored = capturer.store_import(prepared).await;
                             numbers
                                 .into_iter()
                                 .zip(stored)

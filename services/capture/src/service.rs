@@ -19,7 +19,7 @@ use crate::domain::source::SourcePolicy;
 use crate::error::CaptureError;
 use crate::grpc::convert;
 use crate::limits::RateLimits;
-use crate::store::leads::{BatchRow, Batched, Idempotency, Resolution, Resolved};
+use crate::store::leads::{BatchRow, Batched, Idempotency, Resolution, Resolved, Sealed};
 use crate::store::{CaptureRequest, Captured, LeadStore, Outcome, SourceStore, StoreError};
 
 /// Who captures: the API key id (or `form:<source>` for web forms) and whether they may see
@@ -35,7 +35,7 @@ pub struct Origin {
 /// One import row, parsed.
 pub enum ParsedRow {
     /// Ready to store under its source.
-    Ready(Arc<SourcePolicy>, Box<CaptureRequest>),
+    Ready(Arc<SourcePolicy>, Box<(CaptureRequest, Sealed)>),
     /// Refused at the door, with the event that says so.
     Rejected(FieldViolations, LeadRejected),
     /// Could not be parsed for another reason.
@@ -189,12 +189,14 @@ impl Capturer {
         }
     }
 
-    /// Parses a chunk of import rows against their sources (each source read once), on a
-    /// blocking thread so parsing the next chunk overlaps storing this one.
+    /// Parses a chunk of import rows against their sources (each source read once) and seals
+    /// their personal data, on a blocking thread so this overlaps storing the chunk before.
     pub async fn prepare_import(
         &self,
+        origin: &Origin,
         requests: Vec<CaptureLeadRequest>,
     ) -> Result<PreparedImport, CaptureError> {
+        let caller = origin.caller.clone();
         let mut sources: HashMap<String, Option<Arc<SourcePolicy>>> = HashMap::new();
         for request in &requests {
             if let Some(source_id) = source_id_of(request)
@@ -212,8 +214,16 @@ impl Capturer {
                     let source = source_id_of(&request)
                         .and_then(|source_id| sources.get(&source_id).cloned().flatten());
                     match capturer.parse_against(&request, source.as_deref()) {
-                        Ok(capture) => match source {
-                            Some(source) => ParsedRow::Ready(source, Box::new(capture)),
+                        Ok(mut capture) => match source {
+                            Some(source) => {
+                                capture.caller = caller.clone();
+                                match capturer.leads.seal_row(&capture) {
+                                    Ok(sealed) => {
+                                        ParsedRow::Ready(source, Box::new((capture, sealed)))
+                                    }
+                                    Err(err) => ParsedRow::Failed(err.into()),
+                                }
+                            }
                             None => {
                                 ParsedRow::Failed(anyhow::anyhow!("parsed without a source").into())
                             }
@@ -236,7 +246,6 @@ impl Capturer {
     /// order, what became of it.
     pub async fn store_import(
         &self,
-        origin: &Origin,
         prepared: PreparedImport,
     ) -> Vec<Result<Batched, CaptureError>> {
         let mut rows = prepared.rows;
@@ -250,15 +259,10 @@ impl Capturer {
         if let Err(err) = self.leads.record_rejections(&rejections).await {
             tracing::warn!(error = format!("{err:#}"), "record lead.rejected");
         }
-        for row in &mut rows {
-            if let ParsedRow::Ready(_, capture) = row {
-                capture.caller = origin.caller.clone();
-            }
-        }
         let ready: Vec<BatchRow<'_>> = rows
             .iter()
             .filter_map(|row| match row {
-                ParsedRow::Ready(source, capture) => Some((source.as_ref(), capture.as_ref())),
+                ParsedRow::Ready(source, ready) => Some((source.as_ref(), &ready.0, &ready.1)),
                 _ => None,
             })
             .collect();

@@ -26,7 +26,7 @@ mod batch;
 mod lineage;
 mod read;
 
-pub use batch::{BatchRow, Batched};
+pub use batch::{BatchRow, Batched, Sealed};
 pub use lineage::{MergeReview, Resolution, Resolved, ReviewReason};
 
 /// Event types capture emits beyond the shared ones.

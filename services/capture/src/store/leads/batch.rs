@@ -36,8 +36,30 @@ pub enum Batched {
     InReview { lead_id: Uuid, review_id: Uuid },
 }
 
-/// A row to store: its source and the parsed capture.
-pub type BatchRow<'a> = (&'a SourcePolicy, &'a CaptureRequest);
+/// A row to store: its source, the parsed capture and its sealed values.
+pub type BatchRow<'a> = (&'a SourcePolicy, &'a CaptureRequest, &'a Sealed);
+
+/// A row's own values, sealed before it is stored (on the thread that parses the next batch,
+/// not on the storing path): the id of the row it becomes (a new lead, or a record merged into
+/// one), its data key, its sealed personal data and consent evidence, its identities.
+pub struct Sealed {
+    row_id: Uuid,
+    key: DataKey,
+    wrapped: Vec<u8>,
+    identities: Identities,
+    email: Option<Vec<u8>>,
+    phone: Option<Vec<u8>>,
+    first_name: Option<Vec<u8>>,
+    last_name: Option<Vec<u8>>,
+    consent: Option<SealedConsent>,
+}
+
+/// A consent record's id, with its IP address and user agent sealed.
+struct SealedConsent {
+    consent_id: Uuid,
+    ip_address: Option<Vec<u8>>,
+    user_agent: Option<Vec<u8>>,
+}
 
 /// A row's blind indexes: email, phone.
 type Identities = (Option<Vec<u8>>, Option<Vec<u8>>);
@@ -232,6 +254,49 @@ struct MergeColumns {
 }
 
 impl LeadStore {
+    /// Seals a parsed capture's own values under a new data key, ready for
+    /// [`LeadStore::capture_batch`].
+    pub fn seal_row(&self, request: &CaptureRequest) -> Result<Sealed, StoreError> {
+        let row_id = Uuid::now_v7();
+        let owner = row_id.as_bytes();
+        let (key, wrapped) = self.keyring.new_data_key(owner).context("new data key")?;
+        let seal =
+            |field: &str, text: &str| key.seal_text(owner, field, text).context("seal field");
+        let lead = &request.lead;
+        let consent = match &request.consent {
+            Some(consent) => {
+                let consent_id = Uuid::now_v7();
+                let owner = consent_id.as_bytes();
+                let ip = consent
+                    .ip_address
+                    .map(|ip| ip.to_string())
+                    .unwrap_or_default();
+                Some(SealedConsent {
+                    consent_id,
+                    ip_address: key.seal_text(owner, "ip_address", &ip).context("seal ip")?,
+                    user_agent: key
+                        .seal_text(owner, "user_agent", &consent.user_agent)
+                        .context("seal user agent")?,
+                })
+            }
+            None => None,
+        };
+        Ok(Sealed {
+            row_id,
+            identities: self.identities(request),
+            email: seal(
+                "email",
+                lead.email.as_ref().map_or("", |email| &email.address),
+            )?,
+            phone: seal("phone", lead.phone.as_ref().map_or("", |phone| &phone.e164))?,
+            first_name: seal("first_name", &lead.first_name)?,
+            last_name: seal("last_name", &lead.last_name)?,
+            consent,
+            key,
+            wrapped,
+        })
+    }
+
     /// Stores a batch of parsed captures, in order, each with the outcome it would have had
     /// alone: set-based where the outcome is plain (a new lead, a merge, a vendor duplicate),
     /// one by one where it is not (a suppressed person, a capture held for review). A batch
@@ -239,7 +304,7 @@ impl LeadStore {
     pub async fn capture_batch(&self, rows: &[BatchRow<'_>]) -> Vec<Result<Batched, StoreError>> {
         let identities: Vec<Identities> = rows
             .iter()
-            .map(|(_, request)| self.identities(request))
+            .map(|(_, _, sealed)| sealed.identities.clone())
             .collect();
         let mut results = Vec::with_capacity(rows.len());
         let suppressed = match self.suppressed_rows(&identities).await {
@@ -281,7 +346,7 @@ impl LeadStore {
                 }
             }
             // The row the plan could not decide (or every row, once the batch conflicted).
-            let (source, request) = rows[next];
+            let (source, request, _) = rows[next];
             results.push(self.capture_row(source, request).await);
             next += 1;
         }
@@ -375,7 +440,7 @@ impl LeadStore {
         .await
         .context("lock known leads")?;
         let mut channels =
-            if known.is_empty() || rows.iter().all(|(_, request)| request.consent.is_none()) {
+            if known.is_empty() || rows.iter().all(|(_, request, _)| request.consent.is_none()) {
                 HashMap::new()
             } else {
                 self.family_channels(&mut tx, &known).await?
@@ -456,7 +521,7 @@ impl LeadStore {
     ) -> Result<Vec<Step>, StoreError> {
         let now = Utc::now();
         let mut steps = Vec::with_capacity(rows.len());
-        for (((source, request), (email, phone)), suppressed) in
+        for (((source, request, sealed), (email, phone)), suppressed) in
             rows.iter().zip(identities).zip(suppressed)
         {
             if *suppressed {
@@ -476,17 +541,12 @@ impl LeadStore {
             };
             let capture_channels = channels_of(request);
             let Some(index) = target else {
-                let lead_id = Uuid::now_v7();
-                let (key, wrapped) = self
-                    .keyring
-                    .new_data_key(lead_id.as_bytes())
-                    .context("new data key")?;
                 let lead = &request.lead;
                 let index = targets.len();
                 targets.push(Target {
-                    lead_id,
-                    wrapped: Some(wrapped),
-                    key: Some(key),
+                    lead_id: sealed.row_id,
+                    wrapped: Some(sealed.wrapped.clone()),
+                    key: Some(sealed.key.clone()),
                     has_email: email.is_some(),
                     has_phone: phone.is_some(),
                     has_first_name: !lead.first_name.is_empty(),
@@ -578,31 +638,22 @@ impl LeadStore {
         let mut waves: Vec<MergeColumns> = Vec::new();
         // Per row: its own row id, for events.
         let mut row_ids: Vec<Option<Uuid>> = Vec::with_capacity(rows.len());
-        for (row, (((source, request), (email_bidx, phone_bidx)), step)) in
+        for (row, (((source, request, sealed), (email_bidx, phone_bidx)), step)) in
             rows.iter().zip(identities).zip(steps).enumerate()
         {
-            let (row_id, key, wrapped, merged_into) = match *step {
+            let row_id = sealed.row_id;
+            let merged_into = match *step {
                 Step::Duplicate(_) => {
                     row_ids.push(None);
                     continue;
                 }
-                Step::Create { target } => {
-                    let target = &targets[target];
-                    let (Some(key), Some(wrapped)) = (&target.key, &target.wrapped) else {
-                        return Err(anyhow::anyhow!("new lead without a data key").into());
-                    };
-                    (target.lead_id, key.clone(), wrapped.clone(), None)
-                }
+                Step::Create { .. } => None,
                 Step::Merge {
                     target,
                     wave,
                     fills,
                 } => {
-                    let record_id = Uuid::now_v7();
-                    let (key, wrapped) = self
-                        .keyring
-                        .new_data_key(record_id.as_bytes())
-                        .context("new data key")?;
+                    let record_id = row_id;
                     let target_key = self.target_key(&mut targets[target])?;
                     let lead_id = targets[target].lead_id;
                     if waves.len() <= wave {
@@ -619,36 +670,23 @@ impl LeadStore {
                         (email_bidx, phone_bidx),
                         fills,
                     )?;
-                    (record_id, key, wrapped, Some(lead_id))
+                    Some(lead_id)
                 }
             };
             row_ids.push(Some(row_id));
-            let owner = row_id.as_bytes();
-            let seal =
-                |field: &str, text: &str| key.seal_text(owner, field, text).context("seal field");
             let lead = &request.lead;
             let claim = merged_into.is_none();
             leads.lead_id.push(row_id);
             leads.source_id.push(source.source_id.clone());
             leads.channel.push(lead.channel.clone());
             leads.campaign.push(lead.campaign.clone());
-            leads.data_key.push(wrapped);
+            leads.data_key.push(sealed.wrapped.clone());
             leads.email_bidx.push(email_bidx.clone().filter(|_| claim));
             leads.phone_bidx.push(phone_bidx.clone().filter(|_| claim));
-            leads.email_sealed.push(seal(
-                "email",
-                lead.email.as_ref().map_or("", |email| &email.address),
-            )?);
-            leads.phone_sealed.push(seal(
-                "phone",
-                lead.phone.as_ref().map_or("", |phone| &phone.e164),
-            )?);
-            leads
-                .first_name_sealed
-                .push(seal("first_name", &lead.first_name)?);
-            leads
-                .last_name_sealed
-                .push(seal("last_name", &lead.last_name)?);
+            leads.email_sealed.push(sealed.email.clone());
+            leads.phone_sealed.push(sealed.phone.clone());
+            leads.first_name_sealed.push(sealed.first_name.clone());
+            leads.last_name_sealed.push(sealed.last_name.clone());
             leads.email_kind.push(
                 lead.email
                     .as_ref()
@@ -694,14 +732,8 @@ impl LeadStore {
             touches.referrer.push(attribution.referrer.clone());
             touches.landing_page.push(attribution.landing_page.clone());
 
-            if let Some(consent) = &request.consent {
-                let consent_id = Uuid::now_v7();
-                let owner = consent_id.as_bytes();
-                let ip = consent
-                    .ip_address
-                    .map(|ip| ip.to_string())
-                    .unwrap_or_default();
-                consents.consent_id.push(consent_id);
+            if let (Some(consent), Some(evidence)) = (&request.consent, &sealed.consent) {
+                consents.consent_id.push(evidence.consent_id);
                 consents.lead_id.push(row_id);
                 consents.channels.push(consent.channel_names().join(","));
                 consents
@@ -712,13 +744,8 @@ impl LeadStore {
                     .push(consent.disclosure_sha256.clone());
                 consents.form_url.push(consent.form_url.clone());
                 consents.form_version.push(consent.form_version.clone());
-                consents
-                    .ip_sealed
-                    .push(key.seal_text(owner, "ip_address", &ip).context("seal ip")?);
-                consents.user_agent_sealed.push(
-                    key.seal_text(owner, "user_agent", &consent.user_agent)
-                        .context("seal user agent")?,
-                );
+                consents.ip_sealed.push(evidence.ip_address.clone());
+                consents.user_agent_sealed.push(evidence.user_agent.clone());
                 consents.legal_basis.push(consent.legal_basis.as_str_name());
                 consents.given_at.push(consent.given_at);
             }
@@ -739,7 +766,7 @@ impl LeadStore {
         }
         let mut envelopes: Vec<Envelope> = Vec::with_capacity(rows.len());
         let mut outcomes = Vec::with_capacity(rows.len());
-        for (row, (((source, request), step), row_id)) in
+        for (row, (((source, request, _), step), row_id)) in
             rows.iter().zip(steps).zip(&row_ids).enumerate()
         {
             match *step {
