@@ -7,7 +7,7 @@
 //! [`Planned`] outcome and the person it is about), so every test asserts both that the
 //! import did what the row meant and, where it has a second suite, that `CaptureLead` agrees.
 //!
-//! Rows are stored in batches of up to 1,000, so re-captures "close by" (1–16 rows after the
+//! Rows are stored in batches of up to 500, so re-captures "close by" (1–16 rows after the
 //! person's last row) fall inside one batch and far ones (200+ rows) mostly in another; rows
 //! one apart are also the subject of
 //! `recaptures_closer_than_the_import_window_resolve_in_row_order`.
