@@ -295,7 +295,9 @@ async fn start_on(
     };
     let options = PgConnectOptions::from_str(&database.url)?
         .application_name("bench-reference")
-        .options([("search_path", "capture")]);
+        // The session settings capture's own pool uses (`leadflow_platform::postgres`), so
+        // both sides plan their statements alike.
+        .options([("search_path", "capture"), ("jit", "off")]);
     // Same client count as the load; capture's own pool is 16 (libs/platform/src/postgres.rs).
     let reference_pool = PgPoolOptions::new()
         .max_connections(u32::try_from(plan.clients.max(1)).unwrap_or(16))
