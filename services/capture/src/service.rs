@@ -197,49 +197,56 @@ impl Capturer {
         requests: Vec<CaptureLeadRequest>,
     ) -> Result<PreparedImport, CaptureError> {
         let caller = origin.caller.clone();
+        let source_ids: Vec<Option<String>> = requests.iter().map(source_id_of).collect();
         let mut sources: HashMap<String, Option<Arc<SourcePolicy>>> = HashMap::new();
-        for request in &requests {
-            if let Some(source_id) = source_id_of(request)
-                && !sources.contains_key(&source_id)
-            {
-                let source = self.sources.get(&source_id).await?;
-                sources.insert(source_id, source.map(|source| Arc::new(source.policy)));
+        for source_id in source_ids.iter().flatten() {
+            if !sources.contains_key(source_id) {
+                let source = self.sources.get(source_id).await?;
+                sources.insert(
+                    source_id.clone(),
+                    source.map(|source| Arc::new(source.policy)),
+                );
             }
         }
         let capturer = self.clone();
         let rows = tokio::task::spawn_blocking(move || {
             requests
                 .into_iter()
-                .map(|request| {
-                    let source = source_id_of(&request)
-                        .and_then(|source_id| sources.get(&source_id).cloned().flatten());
-                    match capturer.parse_against(&request, source.as_deref()) {
-                        Ok(mut capture) => match source {
-                            Some(source) => {
-                                capture.caller = caller.clone();
-                                match capturer.leads.seal_row(&capture) {
-                                    Ok(sealed) => {
-                                        ParsedRow::Ready(source, Box::new((capture, sealed)))
-                                    }
-                                    Err(err) => ParsedRow::Failed(err.into()),
-                                }
-                            }
-                            None => {
-                                ParsedRow::Failed(anyhow::anyhow!("parsed without a source").into())
-                            }
-                        },
-                        Err(CaptureError::Rejected(violations)) => {
-                            let event = rejected_event(&request, &violations);
-                            ParsedRow::Rejected(violations, event)
-                        }
-                        Err(err) => ParsedRow::Failed(err),
-                    }
+                .zip(source_ids)
+                .map(|(request, source_id)| {
+                    let source = source_id.and_then(|id| sources.get(&id).cloned().flatten());
+                    capturer.prepare_row(&request, source, &caller)
                 })
                 .collect()
         })
         .await
         .map_err(|err| anyhow::anyhow!("parse import rows: {err}"))?;
         Ok(PreparedImport { rows })
+    }
+
+    /// Parses and seals one import row against its source.
+    fn prepare_row(
+        &self,
+        request: &CaptureLeadRequest,
+        source: Option<Arc<SourcePolicy>>,
+        caller: &str,
+    ) -> ParsedRow {
+        let parsed = self
+            .parse_against(request, source.as_deref())
+            .and_then(|mut capture| {
+                let source = source.ok_or_else(|| anyhow::anyhow!("parsed without a source"))?;
+                capture.caller = caller.to_owned();
+                let sealed = self.leads.seal_row(&capture)?;
+                Ok(ParsedRow::Ready(source, Box::new((capture, sealed))))
+            });
+        match parsed {
+            Ok(ready) => ready,
+            Err(CaptureError::Rejected(violations)) => {
+                let event = rejected_event(request, &violations);
+                ParsedRow::Rejected(violations, event)
+            }
+            Err(err) => ParsedRow::Failed(err),
+        }
     }
 
     /// Stores a parsed chunk of import rows (set-based where it can) and says, per row and in

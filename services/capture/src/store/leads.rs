@@ -416,7 +416,7 @@ impl LeadStore {
             .retry(conflict_backoff())
             .when(is_retryable)
             .notify(|_, after| {
-                let retries = self.retries.fetch_add(1, Ordering::Relaxed) + 1;
+                let retries = self.count_retry();
                 tracing::info!(
                     retries,
                     after_ms = after.as_millis() as u64,
@@ -426,10 +426,9 @@ impl LeadStore {
             .await
     }
 
-    /// Counts a conflict handled otherwise than by [`LeadStore::retry_conflicts`].
-    fn count_retry(&self, what: &str) {
-        let retries = self.retries.fetch_add(1, Ordering::Relaxed) + 1;
-        tracing::info!(retries, "{what} after a conflict");
+    /// Counts one more conflict retried; returns how many so far.
+    fn count_retry(&self) -> u64 {
+        self.retries.fetch_add(1, Ordering::Relaxed) + 1
     }
 
     /// Returns how many conflicting transactions were retried so far.

@@ -102,6 +102,38 @@ struct Target {
     merges: usize,
 }
 
+/// Which target claims each identity (only leads claim identities, as the unique blind
+/// indexes have it); looked up by slice, without copying the identity.
+#[derive(Default)]
+struct Claims {
+    email: HashMap<Vec<u8>, usize>,
+    phone: HashMap<Vec<u8>, usize>,
+}
+
+impl Claims {
+    /// The targets claiming a row's email and phone.
+    fn of(&self, (email, phone): &Identities) -> (Option<usize>, Option<usize>) {
+        (
+            email
+                .as_deref()
+                .and_then(|bidx| self.email.get(bidx).copied()),
+            phone
+                .as_deref()
+                .and_then(|bidx| self.phone.get(bidx).copied()),
+        )
+    }
+
+    /// Records that `target` claims `email` and `phone` (those given).
+    fn claim(&mut self, email: Option<&Vec<u8>>, phone: Option<&Vec<u8>>, target: usize) {
+        if let Some(bidx) = email {
+            self.email.insert(bidx.clone(), target);
+        }
+        if let Some(bidx) = phone {
+            self.phone.insert(bidx.clone(), target);
+        }
+    }
+}
+
 /// The values a merge fills in.
 #[derive(Debug, Clone, Copy, Default)]
 struct Fills {
@@ -302,12 +334,8 @@ impl LeadStore {
     /// one by one where it is not (a suppressed person, a capture held for review). A batch
     /// that conflicts with a concurrent capture is finished one row at a time.
     pub async fn capture_batch(&self, rows: &[BatchRow<'_>]) -> Vec<Result<Batched, StoreError>> {
-        let identities: Vec<Identities> = rows
-            .iter()
-            .map(|(_, _, sealed)| sealed.identities.clone())
-            .collect();
         let mut results = Vec::with_capacity(rows.len());
-        let suppressed = match self.suppressed_rows(&identities).await {
+        let suppressed = match self.suppressed_rows(rows).await {
             Ok(suppressed) => suppressed,
             Err(err) => {
                 tracing::warn!(
@@ -321,9 +349,7 @@ impl LeadStore {
         let mut next = 0;
         while next < rows.len() {
             if set_based {
-                let attempt = self
-                    .store_prefix(&rows[next..], &identities[next..], &suppressed[next..])
-                    .await;
+                let attempt = self.store_prefix(&rows[next..], &suppressed[next..]).await;
                 match attempt {
                     Ok(stored) => {
                         next += stored.len();
@@ -334,7 +360,11 @@ impl LeadStore {
                     }
                     Err(err) => {
                         if is_retryable(&err) {
-                            self.count_retry("import batch stored row by row");
+                            let retries = self.count_retry();
+                            tracing::info!(
+                                retries,
+                                "import batch stored row by row after a conflict"
+                            );
                         } else {
                             tracing::warn!(
                                 error = format!("{err:#}"),
@@ -370,9 +400,10 @@ impl LeadStore {
     }
 
     /// Returns, per row, whether any of its identities is suppressed.
-    async fn suppressed_rows(&self, identities: &[Identities]) -> Result<Vec<bool>, StoreError> {
+    async fn suppressed_rows(&self, rows: &[BatchRow<'_>]) -> Result<Vec<bool>, StoreError> {
+        let identities = rows.iter().map(|(_, _, sealed)| &sealed.identities);
         let all: Vec<&[u8]> = identities
-            .iter()
+            .clone()
             .flat_map(|(email, phone)| [email.as_deref(), phone.as_deref()])
             .flatten()
             .collect();
@@ -382,12 +413,11 @@ impl LeadStore {
                 .fetch_all(&self.pool)
                 .await?;
         if found.is_empty() {
-            return Ok(vec![false; identities.len()]);
+            return Ok(vec![false; rows.len()]);
         }
         let found: std::collections::HashSet<Vec<u8>> =
             found.into_iter().map(|(bidx,)| bidx).collect();
         Ok(identities
-            .iter()
             .map(|(email, phone)| {
                 [email, phone]
                     .into_iter()
@@ -402,7 +432,6 @@ impl LeadStore {
     async fn store_prefix(
         &self,
         rows: &[BatchRow<'_>],
-        identities: &[Identities],
         suppressed: &[bool],
     ) -> Result<Vec<Result<Batched, StoreError>>, StoreError> {
         let mut tx = self.pool.begin().await?;
@@ -417,13 +446,13 @@ impl LeadStore {
         )
         .execute(&mut *tx)
         .await?;
-        let emails: Vec<&[u8]> = identities
+        let emails: Vec<&[u8]> = rows
             .iter()
-            .filter_map(|(email, _)| email.as_deref())
+            .filter_map(|(_, _, sealed)| sealed.identities.0.as_deref())
             .collect();
-        let phones: Vec<&[u8]> = identities
+        let phones: Vec<&[u8]> = rows
             .iter()
-            .filter_map(|(_, phone)| phone.as_deref())
+            .filter_map(|(_, _, sealed)| sealed.identities.1.as_deref())
             .collect();
         // Locked in one order, so two batches cannot deadlock on each other's leads.
         let known: Vec<KnownLead> = sqlx::query_as(
@@ -446,15 +475,13 @@ impl LeadStore {
                 self.family_channels(&mut tx, &known).await?
             };
         let mut targets: Vec<Target> = Vec::with_capacity(known.len() + rows.len());
-        let mut claims: HashMap<(&'static str, Vec<u8>), usize> = HashMap::new();
+        let mut claims = Claims::default();
         for lead in known {
-            let index = targets.len();
-            if let Some(bidx) = &lead.email_bidx {
-                claims.insert(("email", bidx.clone()), index);
-            }
-            if let Some(bidx) = &lead.phone_bidx {
-                claims.insert(("phone", bidx.clone()), index);
-            }
+            claims.claim(
+                lead.email_bidx.as_ref(),
+                lead.phone_bidx.as_ref(),
+                targets.len(),
+            );
             targets.push(Target {
                 lead_id: lead.lead_id,
                 wrapped: lead.data_key,
@@ -472,17 +499,9 @@ impl LeadStore {
                 merges: 0,
             });
         }
-        let steps = self.plan(rows, identities, suppressed, &mut targets, &mut claims)?;
+        let steps = self.plan(rows, suppressed, &mut targets, &mut claims)?;
         let planned = &rows[..steps.len()];
-        let outcomes = self
-            .apply(
-                &mut tx,
-                planned,
-                &identities[..steps.len()],
-                &steps,
-                &mut targets,
-            )
-            .await?;
+        let outcomes = self.apply(&mut tx, planned, &steps, &mut targets).await?;
         tx.commit().await?;
         Ok(outcomes)
     }
@@ -514,29 +533,21 @@ impl LeadStore {
     fn plan(
         &self,
         rows: &[BatchRow<'_>],
-        identities: &[Identities],
         suppressed: &[bool],
         targets: &mut Vec<Target>,
-        claims: &mut HashMap<(&'static str, Vec<u8>), usize>,
+        claims: &mut Claims,
     ) -> Result<Vec<Step>, StoreError> {
         let now = Utc::now();
         let mut steps = Vec::with_capacity(rows.len());
-        for (((source, request, sealed), (email, phone)), suppressed) in
-            rows.iter().zip(identities).zip(suppressed)
-        {
+        for ((source, request, sealed), suppressed) in rows.iter().zip(suppressed) {
             if *suppressed {
                 break;
             }
-            let by_email = email
-                .as_ref()
-                .and_then(|bidx| claims.get(&("email", bidx.clone())));
-            let by_phone = phone
-                .as_ref()
-                .and_then(|bidx| claims.get(&("phone", bidx.clone())));
-            let target = match (by_email, by_phone) {
+            let (email, phone) = &sealed.identities;
+            let target = match claims.of(&sealed.identities) {
                 // Two leads: an identity conflict, held for review by the one-row path.
                 (Some(one), Some(other)) if one != other => break,
-                (Some(index), _) | (None, Some(index)) => Some(*index),
+                (Some(index), _) | (None, Some(index)) => Some(index),
                 (None, None) => None,
             };
             let capture_channels = channels_of(request);
@@ -559,12 +570,7 @@ impl LeadStore {
                     channels: capture_channels,
                     merges: 0,
                 });
-                if let Some(bidx) = email {
-                    claims.insert(("email", bidx.clone()), index);
-                }
-                if let Some(bidx) = phone {
-                    claims.insert(("phone", bidx.clone()), index);
-                }
+                claims.claim(email.as_ref(), phone.as_ref(), index);
                 steps.push(Step::Create { target: index });
                 continue;
             };
@@ -607,12 +613,11 @@ impl LeadStore {
             }
             let wave = target.merges;
             target.merges += 1;
-            if let (true, Some(bidx)) = (fills.email, email) {
-                claims.insert(("email", bidx.clone()), index);
-            }
-            if let (true, Some(bidx)) = (fills.phone, phone) {
-                claims.insert(("phone", bidx.clone()), index);
-            }
+            claims.claim(
+                email.as_ref().filter(|_| fills.email),
+                phone.as_ref().filter(|_| fills.phone),
+                index,
+            );
             steps.push(Step::Merge {
                 target: index,
                 wave,
@@ -628,7 +633,6 @@ impl LeadStore {
         &self,
         tx: &mut PgConnection,
         rows: &[BatchRow<'_>],
-        identities: &[Identities],
         steps: &[Step],
         targets: &mut [Target],
     ) -> Result<Vec<Result<Batched, StoreError>>, StoreError> {
@@ -636,17 +640,13 @@ impl LeadStore {
         let mut touches = TouchColumns::default();
         let mut consents = ConsentColumns::default();
         let mut waves: Vec<MergeColumns> = Vec::new();
-        // Per row: its own row id, for events.
-        let mut row_ids: Vec<Option<Uuid>> = Vec::with_capacity(rows.len());
-        for (row, (((source, request, sealed), (email_bidx, phone_bidx)), step)) in
-            rows.iter().zip(identities).zip(steps).enumerate()
-        {
+        // Per merged row: its merge in the lineage.
+        let mut merge_ids: HashMap<usize, Uuid> = HashMap::new();
+        for (row, ((source, request, sealed), step)) in rows.iter().zip(steps).enumerate() {
             let row_id = sealed.row_id;
+            let (email_bidx, phone_bidx) = &sealed.identities;
             let merged_into = match *step {
-                Step::Duplicate(_) => {
-                    row_ids.push(None);
-                    continue;
-                }
+                Step::Duplicate(_) => continue,
                 Step::Create { .. } => None,
                 Step::Merge {
                     target,
@@ -659,7 +659,7 @@ impl LeadStore {
                     if waves.len() <= wave {
                         waves.resize_with(wave + 1, MergeColumns::default);
                     }
-                    self.push_merge(
+                    let merge_id = self.push_merge(
                         &mut waves[wave],
                         row,
                         lead_id,
@@ -670,10 +670,10 @@ impl LeadStore {
                         (email_bidx, phone_bidx),
                         fills,
                     )?;
+                    merge_ids.insert(row, merge_id);
                     Some(lead_id)
                 }
             };
-            row_ids.push(Some(row_id));
             let lead = &request.lead;
             let claim = merged_into.is_none();
             leads.lead_id.push(row_id);
@@ -766,9 +766,7 @@ impl LeadStore {
         }
         let mut envelopes: Vec<Envelope> = Vec::with_capacity(rows.len());
         let mut outcomes = Vec::with_capacity(rows.len());
-        for (row, (((source, request, _), step), row_id)) in
-            rows.iter().zip(steps).zip(&row_ids).enumerate()
-        {
+        for (row, ((source, request, sealed), step)) in rows.iter().zip(steps).enumerate() {
             match *step {
                 Step::Duplicate(lead_id) => outcomes.push(Err(StoreError::Duplicate(lead_id))),
                 Step::Create { target } => {
@@ -783,21 +781,20 @@ impl LeadStore {
                 }
                 Step::Merge { target, fills, .. } => {
                     let lead_id = targets[target].lead_id;
-                    let wave_merge = waves
-                        .iter()
-                        .flat_map(|wave| wave.row.iter().zip(&wave.merge_id))
-                        .find(|(merge_row, _)| **merge_row == row)
-                        .map(|(_, merge_id)| *merge_id)
-                        .ok_or_else(|| anyhow::anyhow!("planned merge missing"))?;
+                    let (Some(merge_id), Some(touch_count)) =
+                        (merge_ids.get(&row), touch_counts.get(&row))
+                    else {
+                        return Err(anyhow::anyhow!("planned merge missing").into());
+                    };
                     let event = LeadMerged {
                         lead_id: lead_id.to_string(),
                         source: source.source_id.clone(),
                         channel: request.lead.channel.clone(),
                         campaign: request.lead.campaign.clone(),
                         fields_filled: fills.names().into_iter().map(str::to_owned).collect(),
-                        touch_count: touch_counts.get(&row).copied().unwrap_or_default(),
-                        merge_id: wave_merge.to_string(),
-                        merged_lead_id: row_id.map(|id| id.to_string()).unwrap_or_default(),
+                        touch_count: *touch_count,
+                        merge_id: merge_id.to_string(),
+                        merged_lead_id: sealed.row_id.to_string(),
                         merged_lead_was_lead: false,
                     };
                     envelopes.push(self.outbox.envelope(
@@ -830,7 +827,8 @@ impl LeadStore {
         Ok(key)
     }
 
-    /// Adds one merge to its wave, its values sealed under the lead's key.
+    /// Adds one merge to its wave, its values sealed under the lead's key; returns the merge's
+    /// id.
     #[allow(clippy::too_many_arguments)]
     fn push_merge(
         &self,
@@ -843,7 +841,7 @@ impl LeadStore {
         request: &CaptureRequest,
         (email_bidx, phone_bidx): (&Option<Vec<u8>>, &Option<Vec<u8>>),
         fills: Fills,
-    ) -> Result<(), StoreError> {
+    ) -> Result<Uuid, StoreError> {
         let owner = lead_id.as_bytes();
         let seal =
             |field: &str, text: &str| key.seal_text(owner, field, text).context("seal field");
@@ -878,12 +876,13 @@ impl LeadStore {
         wave.website.push(lead.website.clone());
         wave.job_title.push(lead.job_title.clone());
         wave.quality_score.push(lead.quality_score());
-        wave.merge_id.push(Uuid::now_v7());
+        let merge_id = Uuid::now_v7();
+        wave.merge_id.push(merge_id);
         wave.merged_lead_id.push(record_id);
         wave.source_id.push(source.source_id.clone());
         wave.fields_filled.push(fills.names().join(","));
         wave.row.push(row);
-        Ok(())
+        Ok(merge_id)
     }
 }
 
