@@ -20,16 +20,15 @@ use futures::StreamExt;
 use leadflow_e2e::{Service, Suite, WEBSITE_SOURCE, binary_path};
 use leadflow_proto::capture::v1::{
     CaptureLeadRequest, CaptureLeadResponse, CaptureOutcome, ConsentChannel, ConsentInput,
-    DedupeMode, DedupePolicy, EraseLeadRequest, GetLeadRequest, ImportLeadsRequest,
-    ImportLeadsResponse, ImportOutcome, Lead, LeadInput, LegalBasis, ListMergeReviewsRequest,
-    MergeKind, MergeReview, SourceKind, SourceSettings,
+    DedupeMode, DedupePolicy, EraseLeadRequest, ImportLeadsRequest, ImportLeadsResponse,
+    ImportOutcome, Lead, LeadInput, LegalBasis, ListMergeReviewsRequest, MergeKind, MergeReview,
+    SourceKind, SourceSettings,
 };
 use tonic::{Code, Status};
 
-use crate::support::{WAIT, capture_of, count, person, published, violations};
-
-type Client =
-    leadflow_proto::capture::v1::capture_service_client::CaptureServiceClient<leadflow_e2e::Authed>;
+use crate::support::{
+    Client, WAIT, capture_of, count, get_lead, person, published, vendor_settings, violations,
+};
 
 /// The least distance, in rows, between two rows of one generated person.
 const WINDOW: usize = 1;
@@ -1013,18 +1012,6 @@ impl Renaming {
     }
 }
 
-/// Returns the stored lead `lead_id`, unmasked (the admin key has `pii:read`).
-async fn get(client: &mut Client, lead_id: &str) -> anyhow::Result<Lead> {
-    client
-        .get_lead(GetLeadRequest {
-            lead_id: lead_id.to_owned(),
-        })
-        .await?
-        .into_inner()
-        .lead
-        .ok_or_else(|| anyhow::anyhow!("GetLead without a lead"))
-}
-
 /// `lead` without what differs between two databases holding the same history: ids, times.
 fn comparable(mut lead: Lead) -> Lead {
     lead.lead_id.clear();
@@ -1096,20 +1083,7 @@ async fn event_counts(suite: &Suite) -> anyhow::Result<BTreeMap<String, i64>> {
 /// story is about.
 async fn prepare(suite: &Suite) -> anyhow::Result<()> {
     suite
-        .create_source(
-            VENDOR_SOURCE,
-            SourceSettings {
-                name: "Acme leads".into(),
-                kind: SourceKind::Vendor.into(),
-                dedupe: Some(DedupePolicy {
-                    mode: DedupeMode::Reject.into(),
-                    window_seconds: 3600,
-                }),
-                cost_per_lead_micros: 4_000_000,
-                currency: "USD".into(),
-                ..SourceSettings::default()
-            },
-        )
+        .create_source(VENDOR_SOURCE, vendor_settings())
         .await?;
     let mut client = suite.capture().await?;
     let erased = client
@@ -1253,8 +1227,8 @@ async fn an_import_answers_and_stores_what_capturing_each_row_in_turn_would() ->
     // Each lead as the rows left it, the same in both suites.
     let mut client_a = a.capture().await?;
     for (p, person) in scenario.people.iter().enumerate() {
-        let lead_a = get(&mut client_a, &leads_a[p]).await?;
-        let lead_b = get(&mut client_b, leads.get(&leads_a[p])?).await?;
+        let lead_a = get_lead(&mut client_a, &leads_a[p]).await?;
+        let lead_b = get_lead(&mut client_b, leads.get(&leads_a[p])?).await?;
         let context = format!("person {p} {person:?}\nlead {lead_a:?}");
         assert_eq!(lead_a.touch_count, person.touches, "{context}");
         let want_email = if person.has_email {
@@ -1702,7 +1676,7 @@ async fn a_capture_of_the_same_people_during_an_import_makes_no_second_lead() ->
     );
     let mut client = suite.capture().await?;
     for (p, lead_id) in lead_of.iter().enumerate() {
-        let lead = get(&mut client, lead_id).await?;
+        let lead = get_lead(&mut client, lead_id).await?;
         assert_eq!(
             (
                 lead.email.as_str(),
@@ -1937,7 +1911,7 @@ async fn recaptures_closer_than_the_import_window_resolve_in_row_order() -> anyh
             out_of_order.push((k, first.outcome, second.outcome));
             continue;
         }
-        let lead = get(&mut client, &first.lead_id).await?;
+        let lead = get_lead(&mut client, &first.lead_id).await?;
         let first_touch = lead.first_touch.map(|touch| touch.campaign);
         assert_eq!(first_touch, Some(format!("first-{k}")), "pair {k}");
         if k % 2 == 0 {

@@ -13,7 +13,9 @@ use leadflow_proto::events::v1::LeadMerged;
 use tonic::Code;
 use uuid::Uuid;
 
-use crate::support::{capture_of, count, person, wait_for_event, with_idempotency_key};
+use crate::support::{
+    capture_of, count, person, vendor_settings, wait_for_event, with_idempotency_key,
+};
 
 fn merge_source(name: &str) -> SourceSettings {
     SourceSettings {
@@ -220,20 +222,7 @@ async fn a_recapture_in_another_format_merges_into_the_same_lead() -> anyhow::Re
 async fn a_vendor_source_rejects_a_duplicate_within_its_window() -> anyhow::Result<()> {
     let suite = Suite::start().await?;
     suite
-        .create_source(
-            "acme-vendor",
-            SourceSettings {
-                name: "Acme leads".into(),
-                kind: SourceKind::Vendor.into(),
-                dedupe: Some(DedupePolicy {
-                    mode: DedupeMode::Reject.into(),
-                    window_seconds: 3600,
-                }),
-                cost_per_lead_micros: 4_000_000,
-                currency: "USD".into(),
-                ..SourceSettings::default()
-            },
-        )
+        .create_source("acme-vendor", vendor_settings())
         .await?;
     let mut capture = suite.capture().await?;
     let vendor_lead = |email: &str, phone: &str| LeadInput {

@@ -5,37 +5,22 @@
 use leadflow_e2e::Suite;
 use leadflow_proto::capture::v1::{
     CaptureLeadRequest, CaptureLeadResponse, CaptureOutcome, ConsentChannel, EraseLeadRequest,
-    GetLeadRequest, Lead, LeadInput, ListMergeReviewsRequest, MergeKind, MergeResolution,
-    MergeReview, MergeReviewReason, MergeReviewStatus, ResolveMergeReviewRequest,
-    UnmergeLeadRequest,
+    LeadInput, ListMergeReviewsRequest, MergeKind, MergeResolution, MergeReview, MergeReviewReason,
+    MergeReviewStatus, ResolveMergeReviewRequest, UnmergeLeadRequest,
 };
 use leadflow_proto::events::v1::{LeadMerged, LeadUnmerged};
 use tonic::Code;
 
 use crate::support::{
-    assert_no_canary, capture_of, capture_rows, consent, count, person, violated_fields,
-    wait_for_event,
+    Client, assert_no_canary, capture_of, capture_rows, consent, count, get_lead, person,
+    violated_fields, wait_for_event,
 };
-
-type Client =
-    leadflow_proto::capture::v1::capture_service_client::CaptureServiceClient<leadflow_e2e::Authed>;
 
 async fn capture(
     client: &mut Client,
     request: CaptureLeadRequest,
 ) -> anyhow::Result<CaptureLeadResponse> {
     Ok(client.capture_lead(request).await?.into_inner())
-}
-
-async fn get(client: &mut Client, lead_id: &str) -> anyhow::Result<Lead> {
-    client
-        .get_lead(GetLeadRequest {
-            lead_id: lead_id.to_owned(),
-        })
-        .await?
-        .into_inner()
-        .lead
-        .ok_or_else(|| anyhow::anyhow!("GetLead without a lead"))
 }
 
 async fn pending(client: &mut Client) -> anyhow::Result<Vec<MergeReview>> {
@@ -153,7 +138,7 @@ async fn a_capture_matching_two_leads_is_held_merged_on_decision_and_unmerged() 
     assert_eq!(absorbed.fields_filled, ["phone"]);
     assert_eq!(decided_review.merge_id, merged.merges[1].merge_id);
     assert_eq!(
-        get(&mut client, &lead_b).await?.lead_id,
+        get_lead(&mut client, &lead_b).await?.lead_id,
         lead_a,
         "B's id now answers with A"
     );
@@ -331,7 +316,7 @@ async fn a_capture_with_other_consent_is_held_kept_separate_or_discarded() -> an
         0,
         "no decided review keeps its sealed copy"
     );
-    let first_lead = get(&mut client, &lead_id).await?;
+    let first_lead = get_lead(&mut client, &lead_id).await?;
     assert_eq!(
         first_lead.consents.len(),
         1,
@@ -458,7 +443,7 @@ async fn erasing_a_lead_erases_its_merged_rows_and_its_held_captures() -> anyhow
             reason: "gdpr-request".into(),
         })
         .await?;
-    let erased = get(&mut client, &lead_id).await?;
+    let erased = get_lead(&mut client, &lead_id).await?;
     assert!(erased.erased && erased.email.is_empty());
     assert!(
         pending(&mut client).await?.is_empty(),

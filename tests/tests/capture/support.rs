@@ -4,7 +4,8 @@ use std::time::Duration;
 
 use leadflow_e2e::{StreamEntry, Suite, eventually};
 use leadflow_proto::capture::v1::{
-    CaptureLeadRequest, ConsentChannel, ConsentInput, LeadInput, LegalBasis,
+    CaptureLeadRequest, ConsentChannel, ConsentInput, DedupeMode, DedupePolicy, GetLeadRequest,
+    Lead, LeadInput, LegalBasis, SourceKind, SourceSettings,
 };
 use leadflow_proto::events::v1::Envelope;
 use prost::Message;
@@ -202,4 +203,35 @@ pub fn assert_no_canary(rows: &[(String, String)], canaries: &[&str]) {
 pub async fn count(db: &mut PgConnection, sql: &'static str) -> anyhow::Result<i64> {
     let (count,): (i64,) = sqlx::query_as(sql).fetch_one(&mut *db).await?;
     Ok(count)
+}
+
+/// An authenticated capture client.
+pub type Client =
+    leadflow_proto::capture::v1::capture_service_client::CaptureServiceClient<leadflow_e2e::Authed>;
+
+/// Returns the stored lead `lead_id` (unmasked with a `pii:read` key).
+pub async fn get_lead(client: &mut Client, lead_id: &str) -> anyhow::Result<Lead> {
+    client
+        .get_lead(GetLeadRequest {
+            lead_id: lead_id.to_owned(),
+        })
+        .await?
+        .into_inner()
+        .lead
+        .ok_or_else(|| anyhow::anyhow!("GetLead without a lead"))
+}
+
+/// A vendor source that rejects a person captured again within the hour, at $4 a lead.
+pub fn vendor_settings() -> SourceSettings {
+    SourceSettings {
+        name: "Acme leads".into(),
+        kind: SourceKind::Vendor.into(),
+        dedupe: Some(DedupePolicy {
+            mode: DedupeMode::Reject.into(),
+            window_seconds: 3600,
+        }),
+        cost_per_lead_micros: 4_000_000,
+        currency: "USD".into(),
+        ..SourceSettings::default()
+    }
 }
