@@ -99,7 +99,8 @@ pub struct CommonConfig {
     /// How often health checks Postgres and Redis.
     #[serde(default = "default_health_interval_ms")]
     pub health_interval_ms: u64,
-    /// How often the outbox relay polls when no notification arrives.
+    /// How often the outbox relay polls for events no wake of this process announced (other
+    /// replicas' rows, or a pass that failed).
     #[serde(default = "default_relay_poll_ms")]
     pub relay_poll_ms: u64,
     /// Approximate length each stream is trimmed to (`XADD MAXLEN ~`).

@@ -27,7 +27,7 @@ use tonic_health::server::{HealthReporter, HealthService};
 use crate::auth::{AuthLayer, Authenticator, KeyStore, Pepper};
 use crate::config::CommonConfig;
 use crate::events::consumer::{Consumer, ConsumerSettings, EventHandler};
-use crate::events::outbox::Outbox;
+use crate::events::outbox::{Outbox, OutboxWake};
 use crate::events::relay::Relay;
 use crate::health::HealthMonitor;
 
@@ -65,6 +65,9 @@ pub struct ServiceHost {
     grpc_addr: SocketAddr,
     health: HealthReporter,
     relay: Option<Relay>,
+    /// Shared by the outboxes, the relay and the consumers: every commit that adds events
+    /// wakes the relay of this process.
+    outbox_wake: OutboxWake,
     consumers: Vec<Task>,
 }
 
@@ -101,6 +104,7 @@ impl ServiceHost {
             grpc_addr,
             health,
             relay: None,
+            outbox_wake: OutboxWake::new(),
             consumers: Vec::new(),
         })
     }
@@ -130,7 +134,8 @@ impl ServiceHost {
         crate::events::stream_name(&self.config.stream_prefix, stream)
     }
 
-    /// Returns an outbox publishing to `stream` and starts the relay that drains it.
+    /// Returns an outbox publishing to `stream` and starts the relay that drains it; the
+    /// outbox's [`Outbox::commit`] wakes that relay.
     pub fn outbox(&mut self, stream: &str) -> Outbox {
         let relay = Relay::new(
             self.pool.clone(),
@@ -138,9 +143,15 @@ impl ServiceHost {
             self.spec.name,
             Duration::from_millis(self.config.relay_poll_ms),
             self.config.stream_max_len,
+            self.outbox_wake.clone(),
         );
         self.relay = Some(relay);
-        Outbox::new(self.spec.name, self.spec.name, self.stream(stream))
+        Outbox::new(
+            self.spec.name,
+            self.spec.name,
+            self.stream(stream),
+            self.outbox_wake.clone(),
+        )
     }
 
     /// Runs `handler` over `streams` in this service's consumer group while serving.
@@ -166,6 +177,7 @@ impl ServiceHost {
             self.spec.name,
             settings,
             handler,
+            self.outbox_wake.clone(),
         );
         self.consumers
             .push(Box::new(move |stop| Box::pin(consumer.run(stop))));

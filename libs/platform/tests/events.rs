@@ -8,25 +8,45 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use leadflow_platform::events::consumer::Consumer;
-use leadflow_platform::events::outbox::Outbox;
+use leadflow_platform::events::consumer::{Consumer, EventHandler, HandleError};
+use leadflow_platform::events::outbox::{Outbox, OutboxWake};
 use leadflow_platform::events::relay::Relay;
 use leadflow_platform::events::{DLQ_SUFFIX, ENVELOPE_FIELD, types};
-use leadflow_proto::events::v1::LeadCaptured;
+use leadflow_proto::events::v1::{Envelope, LeadCaptured, LeadScored};
 use support::{Recorder, SCHEMA, Stuck, TestEnv, event_id, lead_captured, wait_until};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 const GROUP: &str = "testsvc";
 
+/// A poll interval no test waits out: only a wake can get an event published within
+/// [`support::DEADLINE`].
+const LONG_POLL: Duration = Duration::from_secs(30);
+
+/// A relay polling every 100 ms that nothing wakes.
 fn relay(env: &TestEnv) -> Relay {
+    woken_relay(env, Duration::from_millis(100), OutboxWake::new())
+}
+
+fn woken_relay(env: &TestEnv, poll_interval: Duration, wake: OutboxWake) -> Relay {
     Relay::new(
         env.pool.clone(),
         env.redis.clone(),
         SCHEMA,
-        Duration::from_millis(100),
+        poll_interval,
         1_000_000,
+        wake,
     )
+}
+
+/// Runs `relay` until the returned token is cancelled, once its first pass is over.
+async fn start(relay: Relay) -> (CancellationToken, tokio::task::JoinHandle<()>) {
+    let token = CancellationToken::new();
+    let task = tokio::spawn(relay.run(token.clone()));
+    // The first pass publishes whatever is there when the relay starts; what a test commits
+    // afterwards must be woken or polled for.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    (token, task)
 }
 
 /// Drains `relay`, bounded: a relay that never empties the outbox fails the test.
@@ -37,15 +57,30 @@ async fn drain(relay: &Relay) -> usize {
         .expect("drain")
 }
 
+/// An outbox whose commits wake no relay of the test.
 fn outbox(stream: &str) -> Outbox {
-    Outbox::new(SCHEMA, support::PRODUCER, stream.to_owned())
+    woken_outbox(stream, OutboxWake::new())
 }
 
-/// Adds one `lead.captured` event in a transaction of its own; returns its event id.
+fn woken_outbox(stream: &str, wake: OutboxWake) -> Outbox {
+    Outbox::new(SCHEMA, support::PRODUCER, stream.to_owned(), wake)
+}
+
+/// Adds one `lead.captured` event in a transaction of its own, committed without waking any
+/// relay; returns its event id.
 async fn add_committed(env: &TestEnv, outbox: &Outbox) -> String {
     let mut tx = env.pool.begin().await.expect("begin");
     let envelope = add(&mut tx, outbox).await;
     tx.commit().await.expect("commit");
+    envelope
+}
+
+/// Adds one `lead.captured` event in a transaction of its own, committed through the outbox
+/// (which wakes its relay); returns its event id.
+async fn add_committed_through(env: &TestEnv, outbox: &Outbox) -> String {
+    let mut tx = env.pool.begin().await.expect("begin");
+    let envelope = add(&mut tx, outbox).await;
+    outbox.commit(tx).await.expect("commit through the outbox");
     envelope
 }
 
@@ -63,10 +98,19 @@ async fn add(tx: &mut sqlx::PgConnection, outbox: &Outbox) -> String {
         .event_id
 }
 
-fn consumer<H: leadflow_platform::events::consumer::EventHandler>(
+fn consumer<H: EventHandler>(
     env: &TestEnv,
     settings: leadflow_platform::events::consumer::ConsumerSettings,
     handler: Arc<H>,
+) -> Consumer<H> {
+    woken_consumer(env, settings, handler, OutboxWake::new())
+}
+
+fn woken_consumer<H: EventHandler>(
+    env: &TestEnv,
+    settings: leadflow_platform::events::consumer::ConsumerSettings,
+    handler: Arc<H>,
+    wake: OutboxWake,
 ) -> Consumer<H> {
     Consumer::new(
         env.pool.clone(),
@@ -75,6 +119,7 @@ fn consumer<H: leadflow_platform::events::consumer::EventHandler>(
         SCHEMA,
         settings,
         handler,
+        wake,
     )
 }
 
@@ -486,33 +531,14 @@ async fn a_consumer_recreates_its_group_after_redis_loses_it() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_running_relay_is_woken_by_notify_before_its_poll_interval() {
+async fn a_running_relay_publishes_an_event_committed_through_the_outbox_before_it_polls() {
     let env = TestEnv::new().await;
     let stream = env.stream("capture");
-    let outbox = outbox(&stream);
-    // Polling alone would take a minute: only the outbox trigger's NOTIFY can beat the deadline.
-    let relay = Relay::new(
-        env.pool.clone(),
-        env.redis.clone(),
-        SCHEMA,
-        Duration::from_secs(60),
-        1_000_000,
-    );
-    let token = CancellationToken::new();
-    let task = tokio::spawn(relay.run(token.clone()));
-    wait_until("the relay listens for outbox notifications", || async {
-        sqlx::query_scalar::<_, i64>(
-            "SELECT count(*) FROM pg_stat_activity \
-             WHERE datname = current_database() AND query LIKE 'LISTEN%'",
-        )
-        .fetch_one(&env.pool)
-        .await
-        .expect("read pg_stat_activity")
-            == 1
-    })
-    .await;
+    let wake = OutboxWake::new();
+    let outbox = woken_outbox(&stream, wake.clone());
+    let (token, task) = start(woken_relay(&env, LONG_POLL, wake)).await;
 
-    let event = add_committed(&env, &outbox).await;
+    let event = add_committed_through(&env, &outbox).await;
     wait_until("the event is published", || async {
         env.xlen(&stream).await >= 1
     })
@@ -522,6 +548,198 @@ async fn a_running_relay_is_woken_by_notify_before_its_poll_interval() {
     let envelopes = env.envelopes(&stream).await;
     assert_eq!(envelopes.len(), 1);
     assert_eq!(envelopes[0].event_id, event);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_running_relay_publishes_another_replicas_events_by_polling() {
+    let env = TestEnv::new().await;
+    let stream = env.stream("capture");
+    let (token, task) = start(woken_relay(
+        &env,
+        Duration::from_millis(200),
+        OutboxWake::new(),
+    ))
+    .await;
+
+    // The other replica's commit wakes that replica's relay, not this one.
+    let other_replica = woken_outbox(&stream, OutboxWake::new());
+    let event = add_committed_through(&env, &other_replica).await;
+    wait_until("the event is published", || async {
+        env.xlen(&stream).await >= 1
+    })
+    .await;
+    stop(&token, task).await;
+
+    let envelopes = env.envelopes(&stream).await;
+    assert_eq!(envelopes.len(), 1);
+    assert_eq!(envelopes[0].event_id, event);
+    assert_eq!(env.unpublished().await, 0);
+}
+
+/// Advisory lock the test holds to stop the relay at [`GATE`].
+const GATE_LOCK: i64 = 7041;
+/// Makes the relay's marking statement wait for the advisory lock [`GATE_LOCK`], then fail
+/// the first time: the pass it belongs to ends without claiming again.
+const GATE: &str = "
+CREATE SEQUENCE testsvc.gate_passes;
+CREATE FUNCTION testsvc.gate() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM pg_advisory_xact_lock_shared(7041);
+    IF nextval('testsvc.gate_passes') = 1 THEN
+        RAISE EXCEPTION 'the test gate fails the first marking';
+    END IF;
+    RETURN NULL;
+END;
+$$;
+CREATE TRIGGER gate BEFORE UPDATE ON testsvc.outbox
+    FOR EACH STATEMENT EXECUTE FUNCTION testsvc.gate();
+";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_wake_given_while_the_relay_is_mid_pass_is_kept_for_its_next_wait() {
+    let env = TestEnv::new().await;
+    let stream = env.stream("capture");
+    sqlx::raw_sql(GATE)
+        .execute(&env.pool)
+        .await
+        .expect("create the gate");
+    let mut gate = env.pool.begin().await.expect("begin gate transaction");
+    sqlx::query("SELECT pg_advisory_xact_lock($1)")
+        .bind(GATE_LOCK)
+        .execute(&mut *gate)
+        .await
+        .expect("close the gate");
+    let wake = OutboxWake::new();
+    let outbox = woken_outbox(&stream, wake.clone());
+    let (token, task) = start(woken_relay(&env, LONG_POLL, wake)).await;
+
+    let first = add_committed_through(&env, &outbox).await;
+    wait_until("the relay's pass waits at the gate", || async {
+        sqlx::query_scalar::<_, i64>(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() \
+             AND wait_event_type = 'Lock' AND wait_event = 'advisory'",
+        )
+        .fetch_one(&env.pool)
+        .await
+        .expect("read pg_stat_activity")
+            == 1
+    })
+    .await;
+    // Committed after the pass claimed its rows: that pass cannot publish it, and fails at
+    // the gate without claiming again. Only the wake, kept until the relay next waits, can
+    // get it published before the poll interval.
+    let second = add_committed_through(&env, &outbox).await;
+    gate.rollback().await.expect("open the gate");
+
+    wait_until("both events are published", || async {
+        env.unpublished().await == 0
+    })
+    .await;
+    stop(&token, task).await;
+
+    let published: HashSet<String> = env
+        .envelopes(&stream)
+        .await
+        .into_iter()
+        .map(|envelope| envelope.event_id)
+        .collect();
+    assert_eq!(
+        published,
+        HashSet::from([first, second]),
+        "both events are on the stream (the first twice: its failed pass had added it)"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_event_a_handler_adds_is_published_before_the_relay_polls() {
+    let env = TestEnv::new().await;
+    let input = env.stream("capture");
+    let output = env.stream("qualification");
+    let wake = OutboxWake::new();
+    let (relay_token, relay_task) = start(woken_relay(&env, LONG_POLL, wake.clone())).await;
+    let handler = Arc::new(Scorer {
+        outbox: woken_outbox(&output, wake.clone()),
+    });
+    let consumer_token = CancellationToken::new();
+    let consumer_task = tokio::spawn(
+        woken_consumer(&env, env.settings(GROUP, "c1", &[&input]), handler, wake)
+            .run(consumer_token.clone()),
+    );
+
+    let captured = lead_captured();
+    env.publish(&input, &captured).await;
+    wait_until("the handler's event is published", || async {
+        env.xlen(&output).await >= 1
+    })
+    .await;
+    stop(&consumer_token, consumer_task).await;
+    stop(&relay_token, relay_task).await;
+
+    let envelopes = env.envelopes(&output).await;
+    assert_eq!(envelopes.len(), 1);
+    assert_eq!(envelopes[0].event_type, types::LEAD_SCORED);
+    assert_eq!(envelopes[0].lead_id, captured.lead_id);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_outbox_has_no_notify_trigger_after_migrating() {
+    let env = TestEnv::new().await;
+
+    let triggers: Vec<String> = sqlx::query_scalar(
+        "SELECT t.tgname::text FROM pg_trigger t JOIN pg_class c ON c.oid = t.tgrelid \
+         JOIN pg_namespace n ON n.oid = c.relnamespace \
+         WHERE n.nspname = $1 AND c.relname = 'outbox' AND NOT t.tgisinternal",
+    )
+    .bind(SCHEMA)
+    .fetch_all(&env.pool)
+    .await
+    .expect("read the outbox's triggers");
+    let functions: Vec<String> = sqlx::query_scalar(
+        "SELECT p.proname::text FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace \
+         WHERE n.nspname = $1",
+    )
+    .bind(SCHEMA)
+    .fetch_all(&env.pool)
+    .await
+    .expect("read the schema's functions");
+
+    assert!(
+        triggers.is_empty(),
+        "no trigger runs at an outbox insert (its NOTIFY serialized commits): {triggers:?}"
+    );
+    assert!(
+        functions.is_empty(),
+        "outbox_notify() is gone: {functions:?}"
+    );
+}
+
+/// Scores each lead it sees: adds a `lead.scored` event through its outbox inside the
+/// consumer's transaction, as qualification does.
+struct Scorer {
+    outbox: Outbox,
+}
+
+#[async_trait::async_trait]
+impl EventHandler for Scorer {
+    async fn handle(
+        &self,
+        tx: &mut sqlx::PgConnection,
+        _stream: &str,
+        envelope: &Envelope,
+    ) -> Result<(), HandleError> {
+        let lead_id =
+            Uuid::parse_str(&envelope.lead_id).map_err(|err| HandleError::Permanent(err.into()))?;
+        let scored = LeadScored {
+            lead_id: envelope.lead_id.clone(),
+            total_score: 50,
+            ..LeadScored::default()
+        };
+        self.outbox
+            .add(tx, types::LEAD_SCORED, lead_id, &scored)
+            .await
+            .map_err(HandleError::Transient)?;
+        Ok(())
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

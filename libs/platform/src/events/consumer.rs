@@ -19,6 +19,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 use uuid::Uuid;
 
+use super::outbox::OutboxWake;
 use super::{DLQ_SUFFIX, ENVELOPE_FIELD, TYPE_FIELD};
 
 /// Why a handler could not apply an event.
@@ -51,7 +52,8 @@ impl From<sqlx::Error> for HandleError {
 #[async_trait]
 pub trait EventHandler: Send + Sync + 'static {
     /// Applies `envelope` (read from `stream`) inside `tx`; the runner commits it together
-    /// with the record that the event was processed, then acknowledges the entry.
+    /// with the record that the event was processed, wakes the outbox relay (the handler
+    /// may have added events), then acknowledges the entry.
     async fn handle(
         &self,
         tx: &mut PgConnection,
@@ -93,6 +95,8 @@ pub struct Consumer<H> {
     schema: &'static str,
     settings: ConsumerSettings,
     handler: Arc<H>,
+    /// Wakes the relay after a handler's transaction commits, for the events it added.
+    outbox_wake: OutboxWake,
     /// Last error per entry id, reported when the entry is dead-lettered.
     last_errors: HashMap<String, String>,
 }
@@ -103,7 +107,8 @@ enum Outcome {
 }
 
 impl<H: EventHandler> Consumer<H> {
-    /// Returns a consumer whose processed-events ledger lives in `schema`.
+    /// Returns a consumer whose processed-events ledger lives in `schema` and that wakes the
+    /// outbox relay through `outbox_wake` after each applied event.
     pub fn new(
         pool: PgPool,
         client: redis::Client,
@@ -111,6 +116,7 @@ impl<H: EventHandler> Consumer<H> {
         schema: &'static str,
         settings: ConsumerSettings,
         handler: Arc<H>,
+        outbox_wake: OutboxWake,
     ) -> Self {
         Self {
             pool,
@@ -119,6 +125,7 @@ impl<H: EventHandler> Consumer<H> {
             schema,
             settings,
             handler,
+            outbox_wake,
             last_errors: HashMap::new(),
         }
     }
@@ -433,7 +440,8 @@ impl<H: EventHandler> Consumer<H> {
             return Ok(Outcome::AlreadyApplied);
         }
         self.handler.handle(&mut tx, stream, envelope).await?;
-        tx.commit().await?;
+        // Handlers add their events through their own outbox inside `tx`.
+        self.outbox_wake.commit(tx).await?;
         Ok(Outcome::Applied)
     }
 

@@ -4,15 +4,18 @@
 //! Rows are never selected by `id > last_seen`: ids are allocated before commit, so a row
 //! committing after a higher id would be skipped forever (reliability §1.2). A crash between
 //! `XADD` and the commit republishes the batch; consumers deduplicate on the event id.
+//!
+//! The relay is woken in process by the transactions that commit events ([`OutboxWake`]),
+//! not by `LISTEN/NOTIFY`, and polls for everything else.
 
 use std::time::Duration;
 
 use anyhow::Context;
 use redis::aio::ConnectionManager;
 use sqlx::PgPool;
-use sqlx::postgres::PgListener;
 use tokio_util::sync::CancellationToken;
 
+use super::outbox::OutboxWake;
 use super::{ENVELOPE_FIELD, TYPE_FIELD};
 
 /// Publishes a service's outbox to Redis Streams.
@@ -24,16 +27,20 @@ pub struct Relay {
     batch_size: i64,
     poll_interval: Duration,
     stream_max_len: usize,
+    wake: OutboxWake,
 }
 
 impl Relay {
-    /// Returns a relay for the outbox in `schema`.
+    /// Returns a relay for the outbox in `schema`, woken by `wake` (shared with the
+    /// process's [`Outbox`](super::outbox::Outbox)es and consumers) and polling every
+    /// `poll_interval`.
     pub fn new(
         pool: PgPool,
         redis: ConnectionManager,
         schema: &'static str,
         poll_interval: Duration,
         stream_max_len: usize,
+        wake: OutboxWake,
     ) -> Self {
         Self {
             pool,
@@ -42,6 +49,7 @@ impl Relay {
             batch_size: 256,
             poll_interval,
             stream_max_len,
+            wake,
         }
     }
 
@@ -109,58 +117,26 @@ impl Relay {
 
     /// Runs until `stop` is cancelled, then drains what is left once.
     ///
-    /// Wakes on the outbox trigger's `NOTIFY` and polls as a fallback, so a lost notification
-    /// or a dropped listener delays an event by one poll interval at most.
+    /// Drains whenever this process commits events ([`OutboxWake`]) and at least every poll
+    /// interval, which publishes the rows no wake announces here: those of other replicas,
+    /// and any left behind by a failed pass. A wake given while a pass runs is kept for the
+    /// next wait (see [`OutboxWake`]), so it cannot be lost between the pass's last claim and
+    /// the wait.
     pub async fn run(self, stop: CancellationToken) {
-        let channel = format!("{}_outbox", self.schema);
-        let mut listener = self.listen(&channel).await;
         loop {
             match self.drain().await {
                 Ok(_) => {}
                 Err(err) => tracing::warn!(error = format!("{err:#}"), "publish outbox"),
             }
-            let notified = async {
-                match listener.as_mut() {
-                    Some(listener) => listener.recv().await.map(|_| ()),
-                    None => std::future::pending().await,
-                }
-            };
             tokio::select! {
                 () = stop.cancelled() => break,
                 () = tokio::time::sleep(self.poll_interval) => {}
-                received = notified => {
-                    if let Err(err) = received {
-                        tracing::warn!(error = %err, "outbox listener lost; polling until it is back");
-                        listener = self.listen(&channel).await;
-                    }
-                }
-            }
-            if listener.is_none() {
-                listener = self.listen(&channel).await;
+                () = self.wake.woken() => {}
             }
         }
         match self.drain().await {
             Ok(published) => tracing::info!(published, "outbox flushed on shutdown"),
             Err(err) => tracing::error!(error = format!("{err:#}"), "flush outbox on shutdown"),
-        }
-    }
-
-    async fn listen(&self, channel: &str) -> Option<PgListener> {
-        let connect = async {
-            let mut listener = PgListener::connect_with(&self.pool).await?;
-            listener.listen(channel).await?;
-            Ok::<_, sqlx::Error>(listener)
-        };
-        match tokio::time::timeout(Duration::from_secs(5), connect).await {
-            Ok(Ok(listener)) => Some(listener),
-            Ok(Err(err)) => {
-                tracing::warn!(error = %err, "listen for outbox notifications");
-                None
-            }
-            Err(_) => {
-                tracing::warn!("listen for outbox notifications timed out");
-                None
-            }
         }
     }
 }
