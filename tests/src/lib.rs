@@ -669,9 +669,22 @@ impl Suite {
     /// Starts capture alone, for tests of nothing else: the other services would only spend
     /// the CPU consuming its events.
     pub async fn start_capture() -> anyhow::Result<Self> {
+        Self::start_capture_with(&[]).await
+    }
+
+    /// Starts capture alone with `settings` added under its prefix: `("HTTP_ADDR", …)` sets
+    /// `CAPTURE_HTTP_ADDR`.
+    pub async fn start_capture_with(settings: &[(&str, &str)]) -> anyhow::Result<Self> {
         let env = TestEnv::create().await?;
         let admin_key = env.create_api_key("e2e-admin", &["admin"]).await?;
-        let capture = Running::start(Service::Capture, &env.service_env(Service::Capture)).await?;
+        let mut vars = env.service_env(Service::Capture);
+        vars.extend(settings.iter().map(|(name, value)| {
+            (
+                format!("{}{name}", Service::Capture.prefix()),
+                (*value).to_owned(),
+            )
+        }));
+        let capture = Running::start(Service::Capture, &vars).await?;
         let suite = Self {
             env,
             services: [(Service::Capture, capture)].into(),

@@ -2,10 +2,13 @@
 //! the dedupe race (R9, I3), imports answered as capturing each row would (and `leadctl
 //! import`), idempotent retries (I2), personal data sealed, masked and erased (I8, R13), the
 //! merge review queue and unmerge, returns, source rules, consent evidence, the auth matrix
-//! (R12), and rotation of the key-encryption key of personal data.
+//! (R12), rotation of the key-encryption key of personal data, and activity tracking
+//! (`RecordActivity`, visitors linked by captures).
 //!
 //! Direct SQL only asserts what is stored; Redis `XRANGE` only asserts what was published.
 
+#[path = "capture/activity.rs"]
+mod activity;
 #[path = "capture/auth.rs"]
 mod auth;
 #[path = "capture/idempotency.rs"]

@@ -349,10 +349,19 @@ async fn a_lead_with_a_bad_email_and_phone_is_rejected_naming_both_and_nothing_i
         .fetch_one(&mut db)
         .await?;
     assert_eq!(leads, 0, "nothing half-stored");
-    let events: Vec<(String, Vec<u8>)> =
-        sqlx::query_as("SELECT event_type, envelope FROM capture.outbox ORDER BY id")
-            .fetch_all(&mut db)
-            .await?;
+    // A rejection's event is written just after its answer (capture's `rejections`).
+    let events: Vec<(String, Vec<u8>)> = eventually("rejections recorded", WAIT, || {
+        let env = &suite.env;
+        async move {
+            let mut db = env.connect().await?;
+            let events: Vec<(String, Vec<u8>)> =
+                sqlx::query_as("SELECT event_type, envelope FROM capture.outbox ORDER BY id")
+                    .fetch_all(&mut db)
+                    .await?;
+            Ok(Some(events).filter(|events| events.len() >= 2))
+        }
+    })
+    .await?;
     let types: Vec<&str> = events
         .iter()
         .map(|(event_type, _)| event_type.as_str())

@@ -1,6 +1,9 @@
 //! Generated requests through real sockets (reliability R8, issue #4): no panic, no
-//! `INTERNAL`, and every rejection names its fields. gRPC here; web-form posts in `web_form`.
+//! `INTERNAL`, and every rejection names its fields. gRPC here; web-form posts in `web_form`;
+//! activities (`RecordActivity` and the snippet's beacons) in `activity`.
 
+#[path = "fuzz/activity.rs"]
+mod activity;
 #[path = "fuzz/web_form.rs"]
 mod web_form;
 
@@ -102,6 +105,7 @@ fn request() -> impl Strategy<Value = CaptureLeadRequest> {
                 country,
                 website,
                 job_title: String::new(),
+                visitor_id: String::new(),
             },
         );
     let consent = prop::option::of(

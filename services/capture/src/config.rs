@@ -48,9 +48,18 @@ pub struct Settings {
     /// entry instead of the socket peer: only behind a proxy that sets that header itself.
     #[serde(default)]
     pub trust_forwarded_for: bool,
-    /// Seconds between sweeps deleting idempotent answers older than 24 hours.
+    /// Seconds between sweeps deleting idempotent answers older than 24 hours (and anonymous
+    /// activity past its retention).
     #[serde(default = "default_idempotency_sweep_seconds")]
     pub idempotency_sweep_seconds: u64,
+    /// Days an anonymous visitor's activity is kept while no capture links the visitor to a
+    /// lead (and a visitor never linked, after it was last seen); 0 keeps it for good.
+    #[serde(default = "default_anonymous_activity_days")]
+    pub anonymous_activity_days: u32,
+}
+
+fn default_anonymous_activity_days() -> u32 {
+    90
 }
 
 fn default_idempotency_sweep_seconds() -> u64 {

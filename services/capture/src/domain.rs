@@ -1,5 +1,6 @@
 //! capture's pure domain logic: no I/O, no tonic, no sqlx.
 
+pub mod activity;
 pub mod evidence;
 pub mod lead;
 pub mod source;

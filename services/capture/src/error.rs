@@ -83,6 +83,15 @@ impl From<CaptureError> for Status {
                 );
                 violations.into_status("request rejected")
             }
+            CaptureError::Store(StoreError::ActivityIdReused) => {
+                let mut violations = FieldViolations::new();
+                violations.reject(
+                    "activity_id",
+                    "ACTIVITY_ID_REUSED",
+                    "was recorded before with a different request",
+                );
+                violations.into_status("request rejected")
+            }
             CaptureError::Store(StoreError::NotFound) => Status::not_found("lead not found"),
             CaptureError::Store(StoreError::Missing(what)) => {
                 Status::not_found(format!("{what} not found"))

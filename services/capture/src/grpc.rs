@@ -292,6 +292,19 @@ impl CaptureService for CaptureApi {
         Ok(Response::new(Box::pin(results)))
     }
 
+    #[tracing::instrument(skip_all, fields(key_id))]
+    async fn record_activity(
+        &self,
+        request: Request<RecordActivityRequest>,
+    ) -> Result<Response<RecordActivityResponse>, Status> {
+        let origin = self.origin(&request, Scope::LeadsWrite)?;
+        let answer = self
+            .capturer
+            .record_activity(&origin, request.get_ref(), true)
+            .await?;
+        Ok(Response::new(answer))
+    }
+
     #[tracing::instrument(skip_all)]
     async fn list_leads(
         &self,

@@ -2,7 +2,12 @@
 //! (form-urlencoded) or a JS snippet (JSON), with per-source CORS, a honeypot and the source's
 //! rate limit. Every post goes through the same [`Capturer`] as gRPC; this module only
 //! translates HTTP to a capture request and the outcome back.
+//!
+//! Beside it, activity tracking: `GET /v1/snippet.js` serves the tracking snippet, and
+//! `POST /v1/activity/{form_key}` takes its beacons (JSON, also as `text/plain` as
+//! `navigator.sendBeacon` sends it), under the same form key, origins and rate limit.
 
+pub mod activity;
 pub mod form;
 pub mod page;
 
@@ -19,7 +24,7 @@ use axum::extract::{ConnectInfo, DefaultBodyLimit, FromRequest, Path, Request, S
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use axum::routing::post;
+use axum::routing::{get, post};
 use axum::{Json, Router};
 use futures::StreamExt;
 use leadflow_platform::validation::FieldViolations;
@@ -36,8 +41,17 @@ use crate::http::page::Problem;
 use crate::service::{Capturer, Origin};
 use crate::store::StoreError;
 
-/// The one route: a source's web form, named by its public key.
+/// A source's web form, named by its public key.
 pub const FORM_ROUTE: &str = "/v1/forms/{form_key}";
+/// Where the tracking snippet of a source's site sends activities.
+pub const ACTIVITY_ROUTE: &str = "/v1/activity/{form_key}";
+/// The tracking snippet.
+pub const SNIPPET_ROUTE: &str = "/v1/snippet.js";
+/// The tracking snippet's source, served as is.
+const SNIPPET: &str = include_str!("http/snippet.js");
+/// How long browsers and caches may keep the snippet without asking again, in seconds: an
+/// hour, so a new version reaches every site within one.
+const SNIPPET_MAX_AGE: &str = "public, max-age=3600";
 /// Largest accepted body; more is answered with 413.
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
 /// Time allowed for one request, body included, so slow clients cannot hold connections.
@@ -109,6 +123,8 @@ pub fn router(capturer: Capturer, trust_forwarded_for: bool) -> Router {
     });
     Router::new()
         .route(FORM_ROUTE, post(post_form).options(preflight))
+        .route(ACTIVITY_ROUTE, post(post_activity).options(preflight))
+        .route(SNIPPET_ROUTE, get(snippet))
         .with_state(state)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .layer(TimeoutLayer::with_status_code(
@@ -182,6 +198,29 @@ fn body_kind(headers: &HeaderMap) -> Option<Kind> {
     } else {
         None
     }
+}
+
+/// Returns whether an activity body may be read: JSON, as `application/json` or as
+/// `text/plain` (what `navigator.sendBeacon` sends a string as, avoiding a preflight).
+fn beacon_body(headers: &HeaderMap) -> bool {
+    let Some(value) = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|value| value.to_str().ok())
+    else {
+        return false;
+    };
+    let essence = value.split(';').next().unwrap_or_default().trim();
+    essence.eq_ignore_ascii_case("application/json") || essence.eq_ignore_ascii_case("text/plain")
+}
+
+/// The snippet's entity tag: a hash of its text, so a new version is fetched at once.
+fn snippet_etag() -> &'static str {
+    static ETAG: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+        use sha2::{Digest, Sha256};
+        let digest = Sha256::digest(SNIPPET.as_bytes());
+        format!("\"{}\"", hex::encode(&digest[..12]))
+    });
+    ETAG.as_str()
 }
 
 /// What the `Origin` header says against a source's allowed origins.
@@ -464,6 +503,67 @@ fn refused(kind: Kind, status: StatusCode, code: &str, title: &str, reason: &str
 }
 
 impl WebForms {
+    /// Records one beacon whose origin was checked.
+    async fn record_activity(&self, source: &SourcePolicy, request: Request) -> Response {
+        if !beacon_body(request.headers()) {
+            return json_error(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "post a JSON object, as application/json or text/plain",
+            );
+        }
+        let posted = match read_posted(Kind::Json, request).await {
+            Ok(posted) => posted,
+            Err(unread) => return unread.into_response(),
+        };
+        let source_id = source.source_id.as_str();
+        let beacon = activity::activity_request(source_id, &posted);
+        let origin = Origin {
+            caller: format!("form:{source_id}"),
+            unmask: false,
+            caller_rate_per_minute: 0,
+        };
+        let log = |outcome: &str| tracing::info!(source = %source_id, outcome, "activity post");
+        match self
+            .capturer
+            .record_activity(&origin, &beacon.request, true)
+            .await
+        {
+            Ok(_) if beacon.violations.is_empty() => StatusCode::NO_CONTENT.into_response(),
+            Ok(_) => {
+                // Cannot be: without a kind or a visitor the request is refused as well.
+                tracing::error!(source = %source_id, "an activity refused here was recorded");
+                rejected_json(&beacon.violations)
+            }
+            Err(CaptureError::Rejected(violations)) => {
+                log("rejected");
+                rejected_json(&beacon.all_violations(violations))
+            }
+            Err(CaptureError::Store(StoreError::ActivityIdReused)) => {
+                log("rejected");
+                let mut violations = FieldViolations::new();
+                violations.reject(
+                    "activity_id",
+                    "ACTIVITY_ID_REUSED",
+                    "was recorded before with a different activity",
+                );
+                rejected_json(&violations)
+            }
+            Err(CaptureError::RateLimited(wait)) => {
+                log("rate_limited");
+                let seconds = retry_after_seconds(wait);
+                let mut answer = json_error(StatusCode::TOO_MANY_REQUESTS, "rate limited");
+                answer
+                    .headers_mut()
+                    .insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+                answer
+            }
+            Err(err) => {
+                tracing::error!(source = %source_id, error = format!("{err:#}"), "activity post failed");
+                internal_error(Kind::Json)
+            }
+        }
+    }
+
     /// Returns the source whose form has `form_key`, or the answer when there is none.
     async fn web_form(&self, form_key: &str) -> Result<(SourcePolicy, WebForm), Response> {
         if !plausible_form_key(form_key) {
@@ -610,6 +710,7 @@ fn failure(
         }
         CaptureError::Store(
             StoreError::NotFound
+            | StoreError::ActivityIdReused
             | StoreError::Missing(_)
             | StoreError::FailedPrecondition(_)
             | StoreError::Replay
@@ -648,7 +749,68 @@ async fn post_form(
     with_cors(answer, allowed.as_ref())
 }
 
-/// `OPTIONS /v1/forms/{form_key}`: the CORS preflight of a script posting JSON.
+/// `POST /v1/activity/{form_key}`: one activity from the tracking snippet. Answered `204`
+/// whatever became of it (recorded, anonymous, or dropped for an erased person): the answer
+/// tells a public caller nothing about anyone.
+async fn post_activity(
+    State(forms): State<Arc<WebForms>>,
+    Path(form_key): Path<String>,
+    request: Request,
+) -> Response {
+    let (source, form) = match forms.web_form(&form_key).await {
+        Ok(found) => found,
+        Err(answer) => return answer,
+    };
+    let allowed = match check_origin(request.headers(), &form.allowed_origins) {
+        Cors::Denied => {
+            tracing::info!(source = %source.source_id, outcome = "origin_denied", "activity post");
+            return with_cors(
+                json_error(StatusCode::FORBIDDEN, "origin not allowed"),
+                None,
+            );
+        }
+        Cors::Allowed(origin) => Some(origin),
+        Cors::NoOrigin => None,
+    };
+    let answer = forms.record_activity(&source, request).await;
+    with_cors(answer, allowed.as_ref())
+}
+
+/// `GET /v1/snippet.js`: the tracking snippet, cacheable for an hour and revalidated by its
+/// entity tag; loadable from any site (it is public, and `integrity` needs CORS).
+async fn snippet(headers: HeaderMap) -> Response {
+    let etag = snippet_etag();
+    let cached = headers
+        .get(header::IF_NONE_MATCH)
+        .and_then(|value| value.to_str().ok())
+        .is_some_and(|tags| {
+            tags.split(',')
+                .any(|tag| tag.trim() == etag || tag.trim() == "*")
+        });
+    let status = if cached {
+        StatusCode::NOT_MODIFIED
+    } else {
+        StatusCode::OK
+    };
+    let headers = [
+        (header::CONTENT_TYPE, "text/javascript; charset=utf-8"),
+        (header::CACHE_CONTROL, SNIPPET_MAX_AGE),
+        (header::ETAG, etag),
+        (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+        (header::ACCESS_CONTROL_ALLOW_ORIGIN, "*"),
+        (
+            header::HeaderName::from_static("cross-origin-resource-policy"),
+            "cross-origin",
+        ),
+    ];
+    if cached {
+        return (status, headers).into_response();
+    }
+    (status, headers, SNIPPET).into_response()
+}
+
+/// `OPTIONS /v1/forms/{form_key}` (and `/v1/activity/{form_key}`): the CORS preflight of a
+/// script posting JSON.
 async fn preflight(
     State(forms): State<Arc<WebForms>>,
     Path(form_key): Path<String>,
@@ -709,6 +871,27 @@ mod tests {
         assert_eq!(kind("multipart/form-data; boundary=x"), None);
         assert_eq!(kind("text/plain"), None);
         assert_eq!(body_kind(&HeaderMap::new()), None);
+    }
+
+    #[test]
+    fn beacons_are_json_whether_declared_as_json_or_as_text() {
+        let beacon = |value| beacon_body(&headers(&[(header::CONTENT_TYPE, value)]));
+        assert!(beacon("text/plain;charset=UTF-8"));
+        assert!(beacon("Text/Plain"));
+        assert!(beacon("application/json"));
+        assert!(!beacon("application/x-www-form-urlencoded"));
+        assert!(!beacon("multipart/form-data; boundary=x"));
+        assert!(!beacon_body(&HeaderMap::new()));
+    }
+
+    #[test]
+    fn the_snippet_is_tagged_by_its_content() {
+        let etag = snippet_etag();
+        assert!(
+            etag.starts_with('"') && etag.ends_with('"') && etag.len() == 26,
+            "{etag}"
+        );
+        assert!(SNIPPET.contains("lf_visitor") && SNIPPET.contains("/v1/activity/"));
     }
 
     #[test]

@@ -1,7 +1,8 @@
 //! capture: takes leads in over gRPC, normalizes and validates them against their source,
 //! seals personal data, dedupes and merges, records consent and attribution, and emits
-//! `lead.captured` (and `lead.merged`, `lead.rejected`, `lead.erased`, `lead.returned`)
-//! through the transactional outbox.
+//! `lead.captured` (and `lead.merged`, `lead.rejected`, `lead.erased`, `lead.returned`,
+//! `lead.activity`) through the transactional outbox. It also records what people do (page
+//! visits, downloads, webinars) through `RecordActivity` and the tracking snippet's endpoint.
 
 pub mod commands;
 pub mod config;
@@ -10,6 +11,7 @@ pub mod error;
 pub mod grpc;
 pub mod http;
 pub mod limits;
+pub mod rejections;
 pub mod rotation;
 pub mod service;
 pub mod store;
@@ -60,7 +62,10 @@ pub async fn build(config: Config) -> anyhow::Result<Application> {
     let sweeper = leads.clone();
     let sweep_every =
         std::time::Duration::from_secs(config.settings.idempotency_sweep_seconds.max(1));
-    let capturer = service::Capturer::new(Arc::new(checked.normalize), leads, sources);
+    let anonymous_retention = (config.settings.anonymous_activity_days > 0)
+        .then(|| chrono::Duration::days(i64::from(config.settings.anonymous_activity_days)));
+    let (capturer, rejections) =
+        service::Capturer::new(Arc::new(checked.normalize), leads, sources);
     let web_forms = http::WebFormServer::bind(
         config
             .settings
@@ -84,5 +89,6 @@ pub async fn build(config: Config) -> anyhow::Result<Application> {
     Ok(Application::new(host, routes)
         .with_auth(auth)
         .with_task(move |stop| web_forms.serve(stop.cancelled_owned()))
-        .with_task(move |stop| sweeper.run_idempotency_sweeper(sweep_every, stop)))
+        .with_task(move |stop| rejections.run(stop))
+        .with_task(move |stop| sweeper.run_sweeper(sweep_every, anonymous_retention, stop)))
 }

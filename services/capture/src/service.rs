@@ -1,26 +1,32 @@
 //! The capture use case shared by every channel (gRPC, imports, web forms): parse against the
-//! source, check rate limits, store with dedupe and idempotency, answer.
+//! source, check rate limits, store with dedupe and idempotency, answer. Activities (gRPC and
+//! the tracking snippet's endpoint) go through here too.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
 use leadflow_platform::validation::FieldViolations;
 use leadflow_proto::capture::v1::{
-    CaptureLeadRequest, CaptureLeadResponse, CaptureOutcome, LeadInput,
+    ActivityOutcome, CaptureLeadRequest, CaptureLeadResponse, CaptureOutcome, LeadInput,
+    RecordActivityRequest, RecordActivityResponse,
 };
 use leadflow_proto::events::v1::{LeadRejected, RejectionReason};
 use prost::Message;
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
+use crate::domain::activity::{NewActivity, kind_name};
 use crate::domain::evidence::{parse_attribution, parse_consent};
 use crate::domain::lead::{NewLead, NormalizeConfig, parse_token};
 use crate::domain::source::SourcePolicy;
 use crate::error::CaptureError;
 use crate::grpc::convert;
 use crate::limits::RateLimits;
+use crate::rejections::{RejectionWriter, Rejections};
 use crate::store::leads::{BatchRow, Batched, Idempotency, Resolution, Resolved, Sealed};
-use crate::store::{CaptureRequest, Captured, LeadStore, Outcome, SourceStore, StoreError};
+use crate::store::{
+    CaptureRequest, Captured, LeadStore, Outcome, Recorded, SourceStore, StoreError,
+};
 
 /// Who captures: the API key id (or `form:<source>` for web forms) and whether they may see
 /// personal data.
@@ -54,6 +60,7 @@ pub struct Capturer {
     leads: LeadStore,
     sources: SourceStore,
     limits: RateLimits,
+    rejections: Rejections,
 }
 
 fn response(captured: &Captured, unmask: bool) -> CaptureLeadResponse {
@@ -103,14 +110,22 @@ fn rejected_event(request: &CaptureLeadRequest, violations: &FieldViolations) ->
 }
 
 impl Capturer {
-    /// Returns the use case over the stores.
-    pub fn new(config: Arc<NormalizeConfig>, leads: LeadStore, sources: SourceStore) -> Self {
-        Self {
+    /// Returns the use case over the stores, and the writer of its `lead.rejected` events
+    /// (to run beside it).
+    pub fn new(
+        config: Arc<NormalizeConfig>,
+        leads: LeadStore,
+        sources: SourceStore,
+    ) -> (Self, RejectionWriter) {
+        let (rejections, writer) = Rejections::new(leads.clone());
+        let capturer = Self {
             config,
             leads,
             sources,
             limits: RateLimits::default(),
-        }
+            rejections,
+        };
+        (capturer, writer)
     }
 
     /// Returns the lead store.
@@ -339,11 +354,89 @@ impl Capturer {
             .await?)
     }
 
-    async fn record_rejection(&self, request: &CaptureLeadRequest, violations: &FieldViolations) {
-        let event = rejected_event(request, violations);
-        if let Err(err) = self.leads.record_rejections(&[event]).await {
-            tracing::warn!(error = format!("{err:#}"), "record lead.rejected");
+    /// Records an activity of the person the request names (see `RecordActivity`), checked
+    /// against its source; `rate_limited` applies the source's rate limit, in a budget of
+    /// activities of its own so page views never use up the source's captures.
+    pub async fn record_activity(
+        &self,
+        origin: &Origin,
+        request: &RecordActivityRequest,
+        rate_limited: bool,
+    ) -> Result<RecordActivityResponse, CaptureError> {
+        // The source's own problems are reported by the parse below, with every other field.
+        let mut source_violations = FieldViolations::new();
+        let source_id = parse_token(&mut source_violations, "source", &request.source, true);
+        let source = if source_violations.is_empty() {
+            self.sources.get(&source_id).await?
+        } else {
+            None
+        };
+        let region = source
+            .as_ref()
+            .and_then(|source| source.policy.default_region)
+            .unwrap_or(self.config.default_region);
+        let parsed = NewActivity::parse(request, region, chrono::Utc::now());
+        let mut violations = match &parsed {
+            Ok(_) => FieldViolations::new(),
+            Err(violations) => violations.clone(),
+        };
+        let source = match source {
+            Some(source) => source.policy,
+            None => {
+                if !violations
+                    .violations()
+                    .iter()
+                    .any(|violation| violation.field == "source")
+                {
+                    violations.reject("source", "UNKNOWN_SOURCE", "is not a registered source");
+                }
+                return Err(violations.into());
+            }
+        };
+        let activity = match parsed {
+            Ok(activity) if violations.is_empty() => activity,
+            _ => return Err(violations.into()),
+        };
+        if rate_limited {
+            let per_minute =
+                u32::try_from(source.settings.rate_limit_per_minute).unwrap_or_default();
+            self.limits
+                .check(&format!("activity:{}", source.source_id), per_minute)
+                .map_err(CaptureError::RateLimited)?;
         }
+        let activity_id = activity.activity_id.unwrap_or_else(Uuid::now_v7);
+        let fingerprint = self.leads.activity_fingerprint(&request.encode_to_vec());
+        let stored = self
+            .leads
+            .record_activity(&activity, activity_id, &fingerprint, &origin.caller)
+            .await?;
+        let (outcome, lead_id) = match stored.recorded {
+            Recorded::Lead(lead_id) => (ActivityOutcome::Recorded, lead_id.to_string()),
+            Recorded::Anonymous => (ActivityOutcome::Anonymous, String::new()),
+            Recorded::Suppressed => (ActivityOutcome::Suppressed, String::new()),
+        };
+        // What was done and how the person was named, never who or which page.
+        tracing::info!(
+            %activity_id,
+            kind = kind_name(activity.kind),
+            source = %source.source_id,
+            named_by = activity.person.named_by(),
+            outcome = outcome.as_str_name(),
+            lead_id = %lead_id,
+            "activity recorded"
+        );
+        Ok(RecordActivityResponse {
+            activity_id: activity_id.to_string(),
+            outcome: outcome.into(),
+            lead_id,
+            occurred_at: Some(convert::timestamp(stored.occurred_at)),
+        })
+    }
+
+    async fn record_rejection(&self, request: &CaptureLeadRequest, violations: &FieldViolations) {
+        self.rejections
+            .record(rejected_event(request, violations))
+            .await;
     }
 
     /// Parses a capture request against its source; every bad field is reported.

@@ -28,7 +28,8 @@ pub struct Summary {
 }
 
 /// Builds a capture request from one CSV record; headers are our field names
-/// (`email`, `phone`, `first_name`, …, `utm_source`, …, `consent_email`, `consent_text`).
+/// (`email`, `phone`, `first_name`, …, `visitor_id`, `utm_source`, …, `consent_email`,
+/// `consent_text`).
 pub fn to_request(
     headers: &csv::StringRecord,
     record: &csv::StringRecord,
@@ -65,6 +66,7 @@ pub fn to_request(
         country: field("country"),
         website: field("website"),
         job_title: field("job_title"),
+        visitor_id: field("visitor_id"),
     };
     let attribution = Attribution {
         utm_source: field("utm_source"),

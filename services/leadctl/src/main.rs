@@ -1,4 +1,5 @@
-//! `leadctl`: capture leads, look them up, record replies and read the funnel from a shell.
+//! `leadctl`: capture leads, look them up, record activities and replies, and read the funnel
+//! from a shell.
 
 mod import;
 mod reviews;
@@ -11,7 +12,8 @@ use leadflow_proto::analytics::v1::GetFunnelRequest;
 use leadflow_proto::analytics::v1::analytics_service_client::AnalyticsServiceClient;
 use leadflow_proto::capture::v1::capture_service_client::CaptureServiceClient;
 use leadflow_proto::capture::v1::{
-    CaptureLeadRequest, EraseLeadRequest, LeadInput, ListLeadsRequest,
+    ActivityKind, CaptureLeadRequest, EraseLeadRequest, LeadInput, ListLeadsRequest,
+    RecordActivityRequest,
 };
 use leadflow_proto::capture::v1::{
     ConsentChannel, ConsentInput, CreateApiKeyRequest, CreateSourceRequest, DedupeMode,
@@ -189,6 +191,9 @@ enum Command {
         /// The merge's id
         merge_id: String,
     },
+    /// Record what a person did (a page visit, a download, a webinar, …) and print its id and
+    /// outcome; name the person by --lead-id, --visitor-id, or --email and/or --phone.
+    Activity(ActivityArgs),
     /// Record a reply from a lead (two-way contact).
     Reply {
         /// The lead's id
@@ -229,6 +234,71 @@ struct CaptureArgs {
     channel: String,
     #[arg(long, default_value = "")]
     campaign: String,
+}
+
+#[derive(Debug, Args, Clone)]
+struct ActivityArgs {
+    /// page-visit, pricing-page-view, download, webinar-registered, webinar-attended,
+    /// video-watched or other (with --name)
+    #[arg(value_parser = parse_activity_kind)]
+    kind: ActivityKind,
+    /// Registered source the activity came through
+    #[arg(long)]
+    source: String,
+    #[arg(long, default_value = "")]
+    lead_id: String,
+    /// The browser's tracking cookie (lf_vid)
+    #[arg(long, default_value = "")]
+    visitor_id: String,
+    #[arg(long, default_value = "")]
+    email: String,
+    #[arg(long, default_value = "")]
+    phone: String,
+    /// The page (only scheme, host and path are kept)
+    #[arg(long, default_value = "")]
+    url: String,
+    #[arg(long, default_value = "")]
+    title: String,
+    /// The file, webinar or video
+    #[arg(long, default_value = "")]
+    asset: String,
+    /// What an `other` activity was, a token such as trial_started
+    #[arg(long, default_value = "")]
+    name: String,
+    /// A UUID making a retry of this command idempotent
+    #[arg(long, default_value = "")]
+    activity_id: String,
+}
+
+/// Parses `page-visit` (or `page_visit`, any case) into its kind.
+fn parse_activity_kind(name: &str) -> Result<ActivityKind, String> {
+    let upper = name.trim().replace('-', "_").to_uppercase();
+    ActivityKind::from_str_name(&format!("ACTIVITY_KIND_{upper}"))
+        .filter(|kind| *kind != ActivityKind::Unspecified)
+        .ok_or_else(|| {
+            "page-visit, pricing-page-view, download, webinar-registered, webinar-attended, \
+             video-watched or other"
+                .to_owned()
+        })
+}
+
+impl From<ActivityArgs> for RecordActivityRequest {
+    fn from(args: ActivityArgs) -> Self {
+        RecordActivityRequest {
+            lead_id: args.lead_id,
+            visitor_id: args.visitor_id,
+            email: args.email,
+            phone: args.phone,
+            kind: args.kind.into(),
+            name: args.name,
+            url: args.url,
+            title: args.title,
+            asset: args.asset,
+            source: args.source,
+            activity_id: args.activity_id,
+            ..RecordActivityRequest::default()
+        }
+    }
 }
 
 impl From<CaptureArgs> for LeadInput {
@@ -430,6 +500,26 @@ async fn main() -> anyhow::Result<()> {
                 .map_err(describe)?
                 .into_inner();
             println!("erased {}", erased.lead_id);
+        }
+        Command::Activity(args) => {
+            let recorded = cli
+                .endpoints
+                .capture()
+                .await?
+                .record_activity(RecordActivityRequest::from(args))
+                .await
+                .map_err(describe)?
+                .into_inner();
+            let outcome = recorded
+                .outcome()
+                .as_str_name()
+                .trim_start_matches("ACTIVITY_OUTCOME_")
+                .to_lowercase();
+            if recorded.lead_id.is_empty() {
+                println!("{} {outcome}", recorded.activity_id);
+            } else {
+                println!("{} {outcome} {}", recorded.activity_id, recorded.lead_id);
+            }
         }
         Command::Reply { lead_id, text } => {
             let mut client = MessagingServiceClient::new(

@@ -156,7 +156,10 @@ impl MessagingService for MessagingApi {
                 inbound_id
             }
         };
-        tx.commit().await.map_err(|err| internal(err.into()))?;
+        self.outbox
+            .commit(tx)
+            .await
+            .map_err(|err| internal(err.into()))?;
         tracing::info!(inbound_id = %inbound_id, kind = inbound.kind, "inbound contact recorded");
         Ok(Response::new(RecordInboundResponse {
             inbound_id: inbound_id.to_string(),

@@ -521,6 +521,7 @@ impl Lead {
                 country: country.clone(),
                 website: website_typed,
                 job_title: job_title.clone(),
+                visitor_id: String::new(),
             }),
             attribution: Some(Attribution {
                 utm_source: utm_source.to_owned(),

@@ -15,7 +15,7 @@
 //! | [`INSERT_TOUCH`]     | `LeadStore::insert_touch`                                      |
 //! | [`INSERT_CONSENT`]   | `LeadStore::insert_consent`                                    |
 //! | [`SELECT_VIEW_LEAD`], [`SELECT_VIEW_TOUCHES`], [`SELECT_VIEW_CONSENTS`] | `LeadStore::view` |
-//! | `COMMIT`             | `capture_once`: `tx.commit()`                                  |
+//! | `COMMIT`             | `capture_once`: `self.outbox.commit(tx)` (its relay wake is no SQL) |
 //!
 //! Sealed columns get random bytes of exactly the sizes capture writes (AES-256-GCM: 12-byte
 //! nonce + plaintext + 16-byte tag; a wrapped data key is 60 bytes), blind indexes are the real

@@ -19,13 +19,14 @@ use tonic_health::pb::health_check_response::ServingStatus;
 const SERVICE: &str = "leadflow.capture.v1.CaptureService";
 
 /// What the proto documents for each RPC: the table must agree.
-const DOCUMENTED: [(&str, Scope); 12] = [
+const DOCUMENTED: [(&str, Scope); 13] = [
     ("CaptureLead", Scope::LeadsWrite),
     ("ImportLeads", Scope::LeadsWrite),
     ("GetLead", Scope::LeadsRead),
     ("ListLeads", Scope::LeadsRead),
     ("EraseLead", Scope::Admin),
     ("ReturnLead", Scope::LeadsWrite),
+    ("RecordActivity", Scope::LeadsWrite),
     ("CreateSource", Scope::Admin),
     ("UpdateSource", Scope::Admin),
     ("ListSources", Scope::Admin),

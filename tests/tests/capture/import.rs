@@ -1050,7 +1050,7 @@ async fn pending_reviews(client: &mut Client) -> anyhow::Result<Vec<MergeReview>
 
 /// Waits until the relay published every outbox row, then counts capture's stream by event
 /// type (checked against the outbox).
-async fn event_counts(suite: &Suite) -> anyhow::Result<BTreeMap<String, i64>> {
+async fn event_counts(suite: &Suite, rejected: i64) -> anyhow::Result<BTreeMap<String, i64>> {
     let mut db = suite.env.connect().await?;
     let deadline = Instant::now() + WAIT;
     loop {
@@ -1068,7 +1068,10 @@ async fn event_counts(suite: &Suite) -> anyhow::Result<BTreeMap<String, i64>> {
         for event in published(suite).await? {
             *stream.entry(event.envelope.event_type).or_default() += 1;
         }
-        if unpublished == 0 && stream == outbox {
+        // A rejection's event is written after its answer (capture's `rejections`): wait
+        // for every one the scenario made before comparing.
+        let rejections = outbox.get("lead.rejected").copied().unwrap_or_default();
+        if unpublished == 0 && stream == outbox && rejections >= rejected {
             return Ok(stream);
         }
         anyhow::ensure!(
@@ -1357,7 +1360,9 @@ async fn an_import_answers_and_stores_what_capturing_each_row_in_turn_would() ->
 
     // The same events: one lead.captured per lead (the erased one's too), one lead.merged per
     // merge, one lead.rejected per invalid row.
-    let (events_a, events_b) = tokio::try_join!(event_counts(&a), event_counts(&b))?;
+    let rejected = scenario.expected(ImportOutcome::Rejected) as i64;
+    let (events_a, events_b) =
+        tokio::try_join!(event_counts(&a, rejected), event_counts(&b, rejected))?;
     let of = |events: &BTreeMap<String, i64>, event_type: &str| {
         events.get(event_type).copied().unwrap_or_default()
     };

@@ -206,7 +206,7 @@ async fn source_rules_reject_with_one_reason_per_failure() -> anyhow::Result<()>
         (event.channel.as_str(), event.campaign.as_str()),
         ("web", "winter")
     );
-    // Its envelope's lead_id: see `a_rejection_event_names_no_lead` (ignored, a known bug).
+    // Its envelope's lead_id: see `a_rejection_event_names_no_lead`.
     let raw = String::from_utf8_lossy(&published.entry.raw()).to_lowercase();
     for canary in [email, "reject.canary5521", "442079460018", "7946 0018"] {
         assert!(
@@ -370,5 +370,113 @@ async fn a_rejection_event_names_no_lead() -> anyhow::Result<()> {
         published.envelope.lead_id, "",
         "a rejection names no lead, not the nil UUID"
     );
+    Ok(())
+}
+
+/// A source changed through one replica applies on another once its cached copy expires
+/// (`SOURCE_CACHE_TTL`, 5 s), and at once on the replica that changed it.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_source_changed_on_one_replica_applies_on_another_within_the_cache_time()
+-> anyhow::Result<()> {
+    let suite = Suite::start_capture().await?;
+    let mut one = suite.capture().await?;
+    one.create_source(CreateSourceRequest {
+        source_id: "partner".into(),
+        settings: Some(settings("Partner")),
+    })
+    .await?;
+    let other = leadflow_e2e::Running::start(
+        leadflow_e2e::Service::Capture,
+        &suite.env.service_env(leadflow_e2e::Service::Capture),
+    )
+    .await?;
+    let mut two = leadflow_proto::capture::v1::capture_service_client::CaptureServiceClient::new(
+        leadflow_e2e::authed(other.channel().await?, &suite.admin_key)?,
+    );
+    let lead = |n: u32| {
+        capture_of(LeadInput {
+            source: "partner".into(),
+            ..person(&format!("replica{n}@example.com"), "")
+        })
+    };
+    // Both replicas have read (and cached) the source: no first name needed.
+    one.capture_lead(lead(1)).await?;
+    two.capture_lead(lead(2)).await?;
+
+    one.update_source(UpdateSourceRequest {
+        source_id: "partner".into(),
+        settings: Some(SourceSettings {
+            required_fields: vec!["first_name".into()],
+            ..settings("Partner, strict")
+        }),
+    })
+    .await?;
+    let here = one
+        .capture_lead(lead(3))
+        .await
+        .expect_err("the replica that changed the source applies it at once");
+    assert_eq!(violated_fields(&here), ["lead.first_name"], "{here:?}");
+
+    let changed_at = std::time::Instant::now();
+    let mut n = 4;
+    let there = loop {
+        match two.capture_lead(lead(n)).await {
+            Err(status) => break status,
+            Ok(_) => {
+                assert!(
+                    changed_at.elapsed() < std::time::Duration::from_secs(15),
+                    "the other replica still uses the old source after 15 s"
+                );
+                n += 1;
+                tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+            }
+        }
+    };
+    assert_eq!(violated_fields(&there), ["lead.first_name"], "{there:?}");
+    println!(
+        "the other replica applied the change after {:?} ({} captures under the old rules)",
+        changed_at.elapsed(),
+        n - 4
+    );
+    drop(other);
+    Ok(())
+}
+
+/// Rejections answered just before a shutdown all have their `lead.rejected` event: the
+/// queue they wait in is written out before capture exits.
+#[tokio::test(flavor = "multi_thread")]
+async fn every_rejection_answered_before_a_shutdown_is_recorded() -> anyhow::Result<()> {
+    let mut suite = Suite::start_capture().await?;
+    let capture = suite.capture().await?;
+    let rejected = futures::future::join_all((0..300).map(|n| {
+        let mut capture = capture.clone();
+        async move {
+            capture
+                .capture_lead(capture_of(person(&format!("not-an-email-{n}"), "")))
+                .await
+        }
+    }))
+    .await;
+    assert!(
+        rejected.iter().all(|answer| answer
+            .as_ref()
+            .is_err_and(|status| status.code() == Code::InvalidArgument)),
+        "every capture is rejected"
+    );
+    let running = suite
+        .services
+        .remove(&leadflow_e2e::Service::Capture)
+        .expect("capture runs");
+    let status = running
+        .terminate(std::time::Duration::from_secs(30))
+        .await?;
+    assert!(status.success(), "capture exits cleanly: {status:?}");
+    let mut db = suite.env.connect().await?;
+    let recorded = count(
+        &mut db,
+        "SELECT count(*) FROM capture.outbox WHERE event_type = 'lead.rejected'",
+    )
+    .await?;
+    assert_eq!(recorded, 300, "one lead.rejected per rejection, none lost");
     Ok(())
 }

@@ -54,6 +54,10 @@ pub const RPC_ACCESS: &[(&str, Access)] = &[
         "/leadflow.capture.v1.CaptureService/ReturnLead",
         LEADS_WRITE,
     ),
+    (
+        "/leadflow.capture.v1.CaptureService/RecordActivity",
+        LEADS_WRITE,
+    ),
     ("/leadflow.capture.v1.CaptureService/GetLead", LEADS_READ),
     ("/leadflow.capture.v1.CaptureService/ListLeads", LEADS_READ),
     ("/leadflow.capture.v1.CaptureService/EraseLead", ADMIN),

@@ -6,7 +6,7 @@ use std::str::FromStr;
 /// What an API key may do. [`Scope::Admin`] implies every other scope (see [`Scope::grants`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Scope {
-    /// `leads:write`: capture, import and return leads, record inbound messages.
+    /// `leads:write`: capture, import and return leads, record activities and inbound messages.
     LeadsWrite,
     /// `leads:read`: read leads, messages and analytics; personal data stays masked.
     LeadsRead,

@@ -136,6 +136,8 @@ pub struct NewLead {
     pub source: String,
     pub channel: String,
     pub campaign: String,
+    /// The tracking cookie of the browser the lead was captured in, when known.
+    pub visitor_id: Option<uuid::Uuid>,
 }
 
 impl NewLead {
@@ -227,6 +229,20 @@ impl NewLead {
             &input.campaign,
             MAX_CAMPAIGN_CHARS,
         );
+        let visitor_id = match input.visitor_id.trim() {
+            "" => None,
+            given => match uuid::Uuid::parse_str(given) {
+                Ok(id) if !id.is_nil() => Some(id),
+                _ => {
+                    violations.reject(
+                        field("visitor_id"),
+                        "INVALID_VISITOR_ID",
+                        "must be a UUID (the tracking cookie's value)",
+                    );
+                    None
+                }
+            },
+        };
         violations.into_result(NewLead {
             email,
             phone,
@@ -239,6 +255,7 @@ impl NewLead {
             source,
             channel,
             campaign,
+            visitor_id,
         })
     }
 
@@ -302,7 +319,7 @@ const ROLE_LOCAL_PARTS: [&str; 22] = [
     "abuse",
 ];
 
-fn parse_region(given: &str) -> Option<Region> {
+pub(crate) fn parse_region(given: &str) -> Option<Region> {
     let upper = given.trim().to_uppercase();
     if upper.len() != 2 {
         return None;
@@ -406,7 +423,7 @@ pub fn parse_url(raw: &str) -> Result<String, &'static str> {
     Ok(parsed.to_string())
 }
 
-fn parse_text(
+pub(crate) fn parse_text(
     violations: &mut FieldViolations,
     field: &str,
     raw: &str,
@@ -785,8 +802,8 @@ mod tests {
         fn parsing_never_panics(email in ".{0,80}", phone in ".{0,40}", name in ".{0,60}", token in ".{0,70}", region in "[A-Za-z]{0,3}") {
             let given = LeadInput {
                 email: email.clone(), phone: phone.clone(), first_name: name.clone(), last_name: name.clone(), company: name,
-                source: token.clone(), channel: token.clone(), campaign: token, phone_region: region.clone(),
-                country: region, website: email, job_title: phone,
+                source: token.clone(), channel: token.clone(), campaign: token.clone(), phone_region: region.clone(),
+                country: region, website: email, job_title: phone, visitor_id: token,
             };
             match NewLead::parse(&given, US, "lead") {
                 Ok(lead) => prop_assert!(lead.email.is_some() || lead.phone.is_some()),

@@ -10,7 +10,7 @@ use crate::domain::evidence::Consent;
 use crate::domain::lead::{EmailKind, NewLead, parse_token};
 
 /// Lead fields a source may require or map onto.
-pub const LEAD_FIELDS: [&str; 12] = [
+pub const LEAD_FIELDS: [&str; 13] = [
     "email",
     "phone",
     "first_name",
@@ -23,6 +23,7 @@ pub const LEAD_FIELDS: [&str; 12] = [
     "country",
     "website",
     "job_title",
+    "visitor_id",
 ];
 
 const MAX_RATE_PER_MINUTE: i32 = 1_000_000;
@@ -250,6 +251,7 @@ impl SourcePolicy {
                 "country" => !lead.country.is_empty(),
                 "website" => !lead.website.is_empty(),
                 "job_title" => !lead.job_title.is_empty(),
+                "visitor_id" => lead.visitor_id.is_some(),
                 _ => true,
             };
             if !present {

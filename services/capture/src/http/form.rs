@@ -21,6 +21,9 @@ const MAX_HEADER_CHARS: usize = 2_048;
 /// Name of the header carrying the client's address through a proxy.
 const X_FORWARDED_FOR: &str = "x-forwarded-for";
 
+/// The hidden field the tracking snippet adds to forms: the browser's visitor id.
+pub const VISITOR_FIELD: &str = "lf_visitor";
+
 /// Lead fields a form may post under our own names (`source` is always the form's source).
 const LEAD_FIELDS: [&str; 11] = [
     "email",
@@ -167,6 +170,15 @@ pub fn capture_request(
             lead_values.insert(ours, value.to_owned());
         }
     }
+    // A visitor id that is not one (a stale or tampered cookie) is left out rather than
+    // costing the person their lead; only what the snippet sets, or a field mapped onto it.
+    let visitor_id = lookup(posted, &mapping, "visitor_id")
+        .map(|(_, value)| value)
+        .or_else(|| posted.value(VISITOR_FIELD))
+        .and_then(|value| uuid::Uuid::parse_str(value).ok())
+        .filter(|id| !id.is_nil())
+        .map(|id| id.to_string())
+        .unwrap_or_default();
     let mut lead_field = |name: &str| lead_values.remove(name).unwrap_or_default();
     let channel = lead_field("channel");
     let lead = LeadInput {
@@ -186,6 +198,7 @@ pub fn capture_request(
         country: lead_field("country"),
         website: lead_field("website"),
         job_title: lead_field("job_title"),
+        visitor_id,
     };
 
     let mut attribution_field = |name: &str| match posted.value(name) {
@@ -375,6 +388,42 @@ mod tests {
                 .referrer,
             "https://news.example.org/"
         );
+    }
+
+    #[test]
+    fn the_snippets_visitor_field_is_taken_when_it_is_a_uuid() {
+        let visitor = "6f1c1e8e-2a44-4c55-9a3e-0d5c7f1f9b21";
+        let mapped = capture_request(
+            "web-contact",
+            &HashMap::new(),
+            &posted(&[("email", "a@example.com"), (VISITOR_FIELD, visitor)]),
+            &client(),
+        );
+        assert_eq!(mapped.request.lead.expect("lead").visitor_id, visitor);
+        let mapped = capture_request(
+            "web-contact",
+            &mapping(&[("hutk", "visitor_id")]),
+            &posted(&[("hutk", &visitor.to_uppercase())]),
+            &client(),
+        );
+        assert_eq!(
+            mapped.request.lead.expect("lead").visitor_id,
+            visitor,
+            "through the mapping, normalized"
+        );
+        for tampered in ["", "x", "00000000-0000-0000-0000-000000000000", "<script>"] {
+            let mapped = capture_request(
+                "web-contact",
+                &HashMap::new(),
+                &posted(&[("email", "a@example.com"), (VISITOR_FIELD, tampered)]),
+                &client(),
+            );
+            assert_eq!(
+                mapped.request.lead.expect("lead").visitor_id,
+                "",
+                "{tampered:?} is left out"
+            );
+        }
     }
 
     #[test]

@@ -1,5 +1,5 @@
 //! Leads: capture with race-safe dedupe and merge, idempotent answers, reads with decryption,
-//! erasure and returns.
+//! erasure and returns, and the activities of leads and of the visitors linked to them.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -22,10 +22,12 @@ use crate::domain::evidence::Consent;
 use crate::domain::lead::{EmailKind, NewLead, identity_hash};
 use crate::domain::source::{Dedupe, SourcePolicy};
 
+mod activity;
 mod batch;
 mod lineage;
 mod read;
 
+pub use activity::{Recorded, StoredActivity};
 pub use batch::{BatchRow, Batched, Sealed};
 pub use lineage::{MergeReview, Resolution, Resolved, ReviewReason};
 
@@ -36,6 +38,7 @@ mod event_types {
     pub const LEAD_ERASED: &str = "lead.erased";
     pub const LEAD_RETURNED: &str = "lead.returned";
     pub const LEAD_UNMERGED: &str = "lead.unmerged";
+    pub const LEAD_ACTIVITY: &str = "lead.activity";
 }
 
 /// Why a store operation did not happen.
@@ -50,6 +53,9 @@ pub enum StoreError {
     /// The idempotency key was used before with a different request.
     #[error("idempotency key reused with a different request")]
     IdempotencyMismatch,
+    /// The activity id was recorded before with a different request.
+    #[error("activity id reused with a different request")]
+    ActivityIdReused,
     /// No such lead (or it was erased, for operations that need its data).
     #[error("lead not found")]
     NotFound,
@@ -506,10 +512,12 @@ impl LeadStore {
         }
     }
 
-    /// Sweeps old idempotent answers every `every` until `stop` is cancelled.
-    pub async fn run_idempotency_sweeper(
+    /// Sweeps old idempotent answers every `every` until `stop` is cancelled, and anonymous
+    /// activity (and visitors never linked) older than `anonymous_retention` when set.
+    pub async fn run_sweeper(
         self,
         every: Duration,
+        anonymous_retention: Option<chrono::Duration>,
         stop: tokio_util::sync::CancellationToken,
     ) {
         let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
@@ -523,6 +531,18 @@ impl LeadStore {
                 Ok(0) => {}
                 Ok(swept) => tracing::info!(swept, "swept idempotent answers older than 24 hours"),
                 Err(err) => tracing::warn!(error = format!("{err:#}"), "sweep idempotent answers"),
+            }
+            let Some(retention) = anonymous_retention else {
+                continue;
+            };
+            match self.sweep_anonymous_activity(Utc::now() - retention).await {
+                Ok((0, 0)) => {}
+                Ok((activities, visitors)) => tracing::info!(
+                    activities,
+                    visitors,
+                    "swept anonymous activity past its retention"
+                ),
+                Err(err) => tracing::warn!(error = format!("{err:#}"), "sweep anonymous activity"),
             }
         }
     }
@@ -641,7 +661,7 @@ impl LeadStore {
             .execute(&mut *tx)
             .await?;
         }
-        tx.commit().await?;
+        self.outbox.commit(tx).await?;
         Ok(captured)
     }
 
@@ -684,6 +704,9 @@ impl LeadStore {
                 self.insert_touch(tx, lead_id, source, request).await?;
                 if let Some(consent) = &request.consent {
                     self.insert_consent(tx, lead_id, &key, consent).await?;
+                }
+                if let Some(visitor_id) = request.lead.visitor_id {
+                    self.link_visitor(tx, visitor_id, lead_id).await?;
                 }
                 let lead = self
                     .view_family(tx, lead_id, &[lead_id], false)
@@ -746,6 +769,9 @@ impl LeadStore {
         }
         let incoming = Incoming::capture(record_id, source, request, email_bidx, phone_bidx);
         let merge_id = self.fold(tx, existing, &key, &incoming, review_id).await?;
+        if let Some(visitor_id) = request.lead.visitor_id {
+            self.link_visitor(tx, visitor_id, existing.lead_id).await?;
+        }
         let lead = self
             .view(tx, existing.lead_id)
             .await?
@@ -1056,15 +1082,16 @@ impl LeadStore {
             .await
             .context("begin rejection transaction")?;
         self.outbox.add_many(&mut tx, &envelopes).await?;
-        tx.commit().await.context("commit rejections")?;
+        self.outbox.commit(tx).await.context("commit rejections")?;
         Ok(())
     }
 
     /// Erases a person: the lead `lead_id` is part of and every row merged into it lose their
     /// data keys (so every sealed copy becomes unreadable), sealed columns, identities and
-    /// free-text attribution; their identities stay as suppression records, pending reviews
-    /// of them are discarded, and `lead.erased` is emitted for the lead (and for each lead
-    /// folded into it). Erasing twice is a no-op.
+    /// free-text attribution; their visitors are deleted and their activities lose URL, title
+    /// and visitor; their identities stay as suppression records, pending reviews of them are
+    /// discarded, and `lead.erased` is emitted for the lead (and for each lead folded into it).
+    /// Erasing twice is a no-op.
     pub async fn erase(
         &self,
         lead_id: Uuid,
@@ -1110,6 +1137,20 @@ impl LeadStore {
         sqlx::query(
             "UPDATE capture.touches SET referrer = '', landing_page = '', gclid = '', fbclid = '', utm_term = '', \
                utm_content = '' WHERE lead_id = ANY($1)",
+        )
+        .bind(&family)
+        .execute(&mut *tx)
+        .await?;
+        // The person's browsers no longer resolve to them; their activities keep what they
+        // were (kind, asset, source, time) but not which page, its title or which browser. An
+        // activity being recorded for the person holds the lead (FOR KEY SHARE) until it
+        // commits, so the lock taken above waited for it and it is cleared here too.
+        sqlx::query("DELETE FROM capture.visitors WHERE lead_id = ANY($1)")
+            .bind(&family)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query(
+            "UPDATE capture.activities SET visitor_id = NULL, url = '', title = '' WHERE lead_id = ANY($1)",
         )
         .bind(&family)
         .execute(&mut *tx)
@@ -1162,7 +1203,7 @@ impl LeadStore {
                 .bind(root)
                 .fetch_one(&mut *tx)
                 .await?;
-        tx.commit().await?;
+        self.outbox.commit(tx).await?;
         Ok(erased_at)
     }
 
@@ -1217,7 +1258,7 @@ impl LeadStore {
         self.outbox
             .add(&mut tx, event_types::LEAD_RETURNED, lead_id, &event)
             .await?;
-        tx.commit().await?;
+        self.outbox.commit(tx).await?;
         Ok(outcome)
     }
 

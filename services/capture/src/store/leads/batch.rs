@@ -6,7 +6,9 @@
 //! a row whose person nobody holds becomes a lead, a row of a known person (in the database or
 //! earlier in the batch) becomes a record merged into that lead, a vendor's re-capture within
 //! its window is a duplicate. A row the plan cannot decide alone (a suppressed person, a
-//! capture that would be held for review) ends the set-based prefix; it goes through the
+//! capture that would be held for review, a row carrying a visitor id, whose visitor is linked
+//! and whose anonymous activities are handed over as a capture does it) ends the set-based
+//! prefix; it goes through the
 //! one-row path, and planning starts again after it. Merges into one lead are applied in
 //! waves (the n-th merge of every lead in the n-th statement), so each keeps its own lineage
 //! snapshot before and after.
@@ -331,12 +333,19 @@ impl LeadStore {
 
     /// Stores a batch of parsed captures, in order, each with the outcome it would have had
     /// alone: set-based where the outcome is plain (a new lead, a merge, a vendor duplicate),
-    /// one by one where it is not (a suppressed person, a capture held for review). A batch
-    /// that conflicts with a concurrent capture is finished one row at a time.
+    /// one by one where it is not (a suppressed person, a capture held for review, a visitor to
+    /// link). A batch that conflicts with a concurrent capture is finished one row at a time.
     pub async fn capture_batch(&self, rows: &[BatchRow<'_>]) -> Vec<Result<Batched, StoreError>> {
         let mut results = Vec::with_capacity(rows.len());
-        let suppressed = match self.suppressed_rows(rows).await {
-            Ok(suppressed) => suppressed,
+        let one_row = match self.suppressed_rows(rows).await {
+            // Linking a visitor is left to the one-row path: rows that carry one are few.
+            Ok(suppressed) => suppressed
+                .into_iter()
+                .zip(rows)
+                .map(|(suppressed, (_, request, _))| {
+                    suppressed || request.lead.visitor_id.is_some()
+                })
+                .collect(),
             Err(err) => {
                 tracing::warn!(
                     error = format!("{err:#}"),
@@ -348,8 +357,8 @@ impl LeadStore {
         let mut set_based = true;
         let mut next = 0;
         while next < rows.len() {
-            if set_based {
-                let attempt = self.store_prefix(&rows[next..], &suppressed[next..]).await;
+            if set_based && !one_row[next] {
+                let attempt = self.store_prefix(&rows[next..], &one_row[next..]).await;
                 match attempt {
                     Ok(stored) => {
                         next += stored.len();
@@ -432,20 +441,20 @@ impl LeadStore {
     async fn store_prefix(
         &self,
         rows: &[BatchRow<'_>],
-        suppressed: &[bool],
+        one_row: &[bool],
     ) -> Result<Vec<Result<Batched, StoreError>>, StoreError> {
-        let mut tx = self.pool.begin().await?;
         // Every statement below finds rows by a key (an identity, a lead id, a lineage link),
         // a few per row of the batch; but a table an import is filling has no statistics yet,
         // and the planner, believing it small, scans or hashes the whole table once per
         // statement per batch (growing with the table). For this transaction only, whole-table
         // scans, hash and merge joins are made a last resort, so lookups go through the indexes.
-        sqlx::raw_sql(
-            "SET LOCAL enable_seqscan = off; SET LOCAL enable_hashjoin = off; \
-             SET LOCAL enable_mergejoin = off",
-        )
-        .execute(&mut *tx)
-        .await?;
+        let mut tx = self
+            .pool
+            .begin_with(
+                "BEGIN; SET LOCAL enable_seqscan = off; SET LOCAL enable_hashjoin = off; \
+                 SET LOCAL enable_mergejoin = off",
+            )
+            .await?;
         let emails: Vec<&[u8]> = rows
             .iter()
             .filter_map(|(_, _, sealed)| sealed.identities.0.as_deref())
@@ -499,10 +508,10 @@ impl LeadStore {
                 merges: 0,
             });
         }
-        let steps = self.plan(rows, suppressed, &mut targets, &mut claims)?;
+        let steps = self.plan(rows, one_row, &mut targets, &mut claims)?;
         let planned = &rows[..steps.len()];
         let outcomes = self.apply(&mut tx, planned, &steps, &mut targets).await?;
-        tx.commit().await?;
+        self.outbox.commit(tx).await?;
         Ok(outcomes)
     }
 
@@ -533,14 +542,14 @@ impl LeadStore {
     fn plan(
         &self,
         rows: &[BatchRow<'_>],
-        suppressed: &[bool],
+        one_row: &[bool],
         targets: &mut Vec<Target>,
         claims: &mut Claims,
     ) -> Result<Vec<Step>, StoreError> {
         let now = Utc::now();
         let mut steps = Vec::with_capacity(rows.len());
-        for ((source, request, sealed), suppressed) in rows.iter().zip(suppressed) {
-            if *suppressed {
+        for ((source, request, sealed), one_row) in rows.iter().zip(one_row) {
+            if *one_row {
                 break;
             }
             let (email, phone) = &sealed.identities;

@@ -432,7 +432,7 @@ impl LeadStore {
         .bind(merge_id)
         .execute(&mut *tx)
         .await?;
-        tx.commit().await?;
+        self.outbox.commit(tx).await?;
         tracing::info!(%review_id, status = resolution.status(), key_id = caller, "merge review resolved");
         Ok(())
     }
@@ -670,7 +670,7 @@ impl LeadStore {
         self.outbox
             .add(&mut tx, event_types::LEAD_UNMERGED, lead_id, &event)
             .await?;
-        tx.commit().await?;
+        self.outbox.commit(tx).await?;
         tracing::info!(%lead_id, %merge_id, restored_lead_id = %merged_lead_id, key_id = caller, "merge undone");
         Ok((lead_id, merged_lead_id))
     }
