@@ -48,6 +48,9 @@ pub struct ServiceSpec {
     pub grpc_services: &'static [&'static str],
     /// The service's own migrations.
     pub migrator: &'static Migrator,
+    /// Session settings of its pool's connections besides the schema's search path (e.g.
+    /// [`crate::postgres::INDEXED_LOOKUPS`]).
+    pub session_settings: &'static [(&'static str, &'static str)],
 }
 
 /// Returns `127.0.0.1:port`, the default address of a service in development.
@@ -80,6 +83,7 @@ impl ServiceHost {
             &config.database_url,
             name,
             config.database_max_connections,
+            spec.session_settings,
         )
         .await?;
         if config.migrate_on_start {

@@ -24,6 +24,7 @@ pub static SPEC: ServiceSpec = ServiceSpec {
     default_grpc_addr: localhost(50054),
     grpc_services: &["leadflow.analytics.v1.AnalyticsService"],
     migrator: &MIGRATOR,
+    session_settings: &[],
 };
 
 /// Connects, migrates when configured, binds the listener and wires events and API-key auth

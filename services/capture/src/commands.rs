@@ -53,6 +53,7 @@ async fn rotate_keys(config: Config, options: Options) -> anyhow::Result<()> {
         &config.common.database_url,
         crate::SPEC.name,
         ROTATION_CONNECTIONS,
+        &[],
     )
     .await?;
     let store = DataKeyStore::new(pool.clone(), keyring);

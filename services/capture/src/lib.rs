@@ -35,6 +35,7 @@ pub static SPEC: ServiceSpec = ServiceSpec {
     default_grpc_addr: localhost(50051),
     grpc_services: &["leadflow.capture.v1.CaptureService"],
     migrator: &MIGRATOR,
+    session_settings: leadflow_platform::postgres::INDEXED_LOOKUPS,
 };
 
 /// Connects, migrates when configured, binds the listener and wires the outbox and auth.

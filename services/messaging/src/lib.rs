@@ -28,6 +28,7 @@ pub static SPEC: ServiceSpec = ServiceSpec {
     default_grpc_addr: localhost(50053),
     grpc_services: &["leadflow.messaging.v1.MessagingService"],
     migrator: &MIGRATOR,
+    session_settings: &[],
 };
 
 /// Connects, migrates when configured, binds the listener and wires events and API-key auth

@@ -26,6 +26,7 @@ pub static SPEC: ServiceSpec = ServiceSpec {
     default_grpc_addr: localhost(50052),
     grpc_services: &["leadflow.qualification.v1.QualificationService"],
     migrator: &MIGRATOR,
+    session_settings: &[],
 };
 
 /// Connects, migrates when configured, binds the listener and wires events and API-key auth

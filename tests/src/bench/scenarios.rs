@@ -297,7 +297,8 @@ async fn start_on(
         .application_name("bench-reference")
         // The session settings capture's own pool uses (`leadflow_platform::postgres`), so
         // both sides plan their statements alike.
-        .options([("search_path", "capture"), ("jit", "off")]);
+        .options([("search_path", "capture"), ("jit", "off")])
+        .options(leadflow_platform::postgres::INDEXED_LOOKUPS.iter().copied());
     // Same client count as the load; capture's own pool is 16 (libs/platform/src/postgres.rs).
     let reference_pool = PgPoolOptions::new()
         .max_connections(u32::try_from(plan.clients.max(1)).unwrap_or(16))
