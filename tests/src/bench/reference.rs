@@ -6,7 +6,6 @@
 //!
 //! | statement            | mirrors                                                        |
 //! |----------------------|----------------------------------------------------------------|
-//! | [`SELECT_SOURCE`]    | `SourceStore::get` (sources.rs), from `Capturer::parse`        |
 //! | [`SELECT_SUPPRESSED`]| `LeadStore::suppressed` (leads.rs), from `LeadStore::capture`  |
 //! | `BEGIN`              | `LeadStore::capture_once`: `self.pool.begin()`                 |
 //! | [`SELECT_KNOWN`]     | `capture_once`: the `FOR UPDATE` lookup by blind index         |
@@ -16,6 +15,9 @@
 //! | [`INSERT_CONSENT`]   | `LeadStore::insert_consent`                                    |
 //! | [`SELECT_VIEW_LEAD`], [`SELECT_VIEW_TOUCHES`], [`SELECT_VIEW_CONSENTS`] | `LeadStore::view` |
 //! | `COMMIT`             | `capture_once`: `self.outbox.commit(tx)` (its relay wake is no SQL) |
+//!
+//! Capture reads its source from a per-replica cache (`SourceStore::get`, 5 s), so no source
+//! query is part of a capture.
 //!
 //! Sealed columns get random bytes of exactly the sizes capture writes (AES-256-GCM: 12-byte
 //! nonce + plaintext + 16-byte tag; a wrapped data key is 60 bytes), blind indexes are the real
@@ -43,10 +45,6 @@ use uuid::Uuid;
 use crate::leads::{Lead, Rng, SOURCE};
 
 // --- R-pg-capture: the statements, verbatim from the service --------------------------------
-
-/// `SourceStore::get`.
-pub const SELECT_SOURCE: &str =
-    "SELECT source_id, settings, created_at, updated_at FROM capture.sources WHERE source_id = $1";
 
 /// `LeadStore::suppressed`.
 pub const SELECT_SUPPRESSED: &str =
@@ -251,11 +249,6 @@ pub async fn capture_new_lead(
     let attribution = request.attribution.clone().unwrap_or_default();
     let consent = request.consent.clone().unwrap_or_default();
 
-    // Capturer::parse → SourceStore::get (on the pool).
-    let _source = sqlx::query(SELECT_SOURCE)
-        .bind(SOURCE)
-        .fetch_optional(pool)
-        .await?;
     // LeadStore::capture → suppressed (on the pool).
     let identities = vec![capture.email_bidx.clone(), capture.phone_bidx.clone()];
     let _suppressed = sqlx::query(SELECT_SUPPRESSED)
@@ -509,11 +502,9 @@ mod tests {
     fn reference_sql_is_the_service_sql() {
         let leads = unescaped_source("services/capture/src/store/leads.rs");
         let read = unescaped_source("services/capture/src/store/leads/read.rs");
-        let sources = unescaped_source("services/capture/src/store/sources.rs");
         let outbox = unescaped_source("libs/platform/src/events/outbox.rs")
             .replace("INSERT INTO {}.outbox", "INSERT INTO capture.outbox");
         for (name, sql, file) in [
-            ("SELECT_SOURCE", SELECT_SOURCE, &sources),
             ("SELECT_SUPPRESSED", SELECT_SUPPRESSED, &leads),
             ("SELECT_KNOWN", SELECT_KNOWN, &leads),
             ("INSERT_LEAD", INSERT_LEAD, &leads),
