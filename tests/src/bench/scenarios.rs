@@ -1017,15 +1017,15 @@ async fn import_round(
     import
 }
 
-/// Empties capture's lead tables (both sides of B5 start from empty tables).
+/// Empties capture's lead tables (both sides of B5 start from empty tables): `leads` with
+/// every table that references it (touches, consents, merges, reviews, visitors, activities,
+/// and whatever comes next), so a new table cannot break the run.
 async fn empty_capture_tables(url: &str, with_outbox: bool) -> anyhow::Result<()> {
     let mut connection = PgConnection::connect(url).await?;
     let statement = if with_outbox {
-        "TRUNCATE capture.merge_reviews, capture.merges, capture.idempotency, capture.consents, \
-         capture.touches, capture.leads, capture.outbox"
+        "TRUNCATE capture.idempotency, capture.leads, capture.outbox CASCADE"
     } else {
-        "TRUNCATE capture.merge_reviews, capture.merges, capture.idempotency, capture.consents, \
-         capture.touches, capture.leads"
+        "TRUNCATE capture.idempotency, capture.leads CASCADE"
     };
     sqlx::query(statement)
         .execute(&mut connection)
