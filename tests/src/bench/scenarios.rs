@@ -878,7 +878,7 @@ async fn b3(plan: &Plan, fixture: &Fixture, report: &mut Report, subject_rate: O
         Goal::AtMost(2.0),
     ));
     report.figure(format!(
-        "B3c         invalid CaptureLead 1 client: {} (each one also commits a lead.rejected outbox row)",
+        "B3c         invalid CaptureLead 1 client: {} (each one also queues its lead.rejected event, written in batches after the answer)",
         quantiles(&invalid_latency)
     ));
 }
