@@ -584,6 +584,29 @@ impl WebForms {
         }
     }
 
+    /// Returns the source and form of `form_key` and the origin to allow, or the answer
+    /// (404, or 403 for an origin the form does not allow) when the post goes no further.
+    /// `what` names the post in the log.
+    async fn checked_form(
+        &self,
+        form_key: &str,
+        headers: &HeaderMap,
+        what: &'static str,
+    ) -> Result<(SourcePolicy, WebForm, Option<HeaderValue>), Response> {
+        let (source, form) = self.web_form(form_key).await?;
+        match check_origin(headers, &form.allowed_origins) {
+            Cors::Denied => {
+                tracing::info!(source = %source.source_id, outcome = "origin_denied", "{what}");
+                Err(with_cors(
+                    json_error(StatusCode::FORBIDDEN, "origin not allowed"),
+                    None,
+                ))
+            }
+            Cors::Allowed(origin) => Ok((source, form, Some(origin))),
+            Cors::NoOrigin => Ok((source, form, None)),
+        }
+    }
+
     /// Captures one post whose origin was checked.
     async fn capture(
         &self,
@@ -730,20 +753,12 @@ async fn post_form(
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     request: Request,
 ) -> Response {
-    let (source, form) = match forms.web_form(&form_key).await {
-        Ok(found) => found,
+    let (source, form, allowed) = match forms
+        .checked_form(&form_key, request.headers(), "web form post")
+        .await
+    {
+        Ok(checked) => checked,
         Err(answer) => return answer,
-    };
-    let allowed = match check_origin(request.headers(), &form.allowed_origins) {
-        Cors::Denied => {
-            tracing::info!(source = %source.source_id, outcome = "origin_denied", "web form post");
-            return with_cors(
-                json_error(StatusCode::FORBIDDEN, "origin not allowed"),
-                None,
-            );
-        }
-        Cors::Allowed(origin) => Some(origin),
-        Cors::NoOrigin => None,
     };
     let answer = forms.capture(&source, &form, peer, request).await;
     with_cors(answer, allowed.as_ref())
@@ -757,20 +772,12 @@ async fn post_activity(
     Path(form_key): Path<String>,
     request: Request,
 ) -> Response {
-    let (source, form) = match forms.web_form(&form_key).await {
-        Ok(found) => found,
+    let (source, _form, allowed) = match forms
+        .checked_form(&form_key, request.headers(), "activity post")
+        .await
+    {
+        Ok(checked) => checked,
         Err(answer) => return answer,
-    };
-    let allowed = match check_origin(request.headers(), &form.allowed_origins) {
-        Cors::Denied => {
-            tracing::info!(source = %source.source_id, outcome = "origin_denied", "activity post");
-            return with_cors(
-                json_error(StatusCode::FORBIDDEN, "origin not allowed"),
-                None,
-            );
-        }
-        Cors::Allowed(origin) => Some(origin),
-        Cors::NoOrigin => None,
     };
     let answer = forms.record_activity(&source, request).await;
     with_cors(answer, allowed.as_ref())

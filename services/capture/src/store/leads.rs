@@ -375,6 +375,31 @@ pub struct LeadStore {
     retries: Arc<AtomicU64>,
 }
 
+/// Rows a sweep deletes per statement, so no transaction holds many locks.
+const SWEEP_BATCH: i64 = 5_000;
+
+/// Runs `delete`, a `DELETE … WHERE key IN (SELECT key … older than $1 … LIMIT $2 FOR UPDATE
+/// SKIP LOCKED)`, until a batch comes back short; returns how many rows went.
+async fn delete_in_batches(
+    pool: &PgPool,
+    delete: &'static str,
+    before: DateTime<Utc>,
+) -> Result<u64, StoreError> {
+    let mut total = 0;
+    loop {
+        let deleted = sqlx::query(delete)
+            .bind(before)
+            .bind(SWEEP_BATCH)
+            .execute(pool)
+            .await?
+            .rows_affected();
+        total += deleted;
+        if deleted < SWEEP_BATCH.unsigned_abs() {
+            return Ok(total);
+        }
+    }
+}
+
 const RETRYABLE_SQLSTATES: [&str; 3] = ["40001", "40P01", "23505"];
 
 fn is_retryable(err: &StoreError) -> bool {
@@ -491,25 +516,16 @@ impl LeadStore {
     }
 
     /// Deletes idempotent answers older than 24 hours (they are never replayed), a batch at a
-    /// time so no transaction holds many locks; returns how many went.
+    /// time; returns how many went.
     pub async fn sweep_idempotency(&self) -> Result<u64, StoreError> {
-        const BATCH: i64 = 5_000;
-        let mut swept = 0;
-        loop {
-            let deleted = sqlx::query(
-                "DELETE FROM capture.idempotency WHERE (caller, idempotency_key) IN ( \
-                   SELECT caller, idempotency_key FROM capture.idempotency \
-                   WHERE created_at <= now() - interval '24 hours' LIMIT $1 FOR UPDATE SKIP LOCKED)",
-            )
-            .bind(BATCH)
-            .execute(&self.pool)
-            .await?
-            .rows_affected();
-            swept += deleted;
-            if deleted < BATCH as u64 {
-                return Ok(swept);
-            }
-        }
+        delete_in_batches(
+            &self.pool,
+            "DELETE FROM capture.idempotency WHERE (caller, idempotency_key) IN ( \
+               SELECT caller, idempotency_key FROM capture.idempotency \
+               WHERE created_at <= $1 LIMIT $2 FOR UPDATE SKIP LOCKED)",
+            Utc::now() - chrono::Duration::hours(24),
+        )
+        .await
     }
 
     /// Sweeps old idempotent answers every `every` until `stop` is cancelled, and anonymous

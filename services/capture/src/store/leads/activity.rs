@@ -16,14 +16,12 @@ use sha2::{Digest, Sha256};
 use sqlx::PgConnection;
 use uuid::Uuid;
 
-use super::{LeadStore, StoreError, event_types};
+use super::{LeadStore, StoreError, delete_in_batches, event_types};
 use crate::domain::activity::{NewActivity, Person, kind_from_name, kind_name};
 
 /// Attempts at recording one activity when a concurrent change (the same id recorded, the
 /// visitor linked) made an attempt start over.
 const RECORD_ATTEMPTS: usize = 4;
-/// Rows the retention sweep deletes per statement.
-const SWEEP_BATCH: i64 = 5_000;
 
 /// What recording an activity did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -405,41 +403,23 @@ impl LeadStore {
         &self,
         before: DateTime<Utc>,
     ) -> Result<(u64, u64), StoreError> {
-        let mut activities = 0;
-        loop {
-            let deleted = sqlx::query(
-                "DELETE FROM capture.activities WHERE activity_id IN ( \
-                   SELECT activity_id FROM capture.activities WHERE lead_id IS NULL AND recorded_at < $1 \
-                   LIMIT $2 FOR UPDATE SKIP LOCKED)",
-            )
-            .bind(before)
-            .bind(SWEEP_BATCH)
-            .execute(&self.pool)
-            .await?
-            .rows_affected();
-            activities += deleted;
-            if deleted < SWEEP_BATCH as u64 {
-                break;
-            }
-        }
-        let mut visitors = 0;
-        loop {
-            let deleted = sqlx::query(
-                "DELETE FROM capture.visitors WHERE visitor_id IN ( \
-                   SELECT visitor_id FROM capture.visitors v WHERE lead_id IS NULL AND last_seen_at < $1 \
-                     AND NOT EXISTS (SELECT 1 FROM capture.activities a WHERE a.visitor_id = v.visitor_id AND a.lead_id IS NULL) \
-                   LIMIT $2 FOR UPDATE SKIP LOCKED)",
-            )
-            .bind(before)
-            .bind(SWEEP_BATCH)
-            .execute(&self.pool)
-            .await?
-            .rows_affected();
-            visitors += deleted;
-            if deleted < SWEEP_BATCH as u64 {
-                break;
-            }
-        }
+        let activities = delete_in_batches(
+            &self.pool,
+            "DELETE FROM capture.activities WHERE activity_id IN ( \
+               SELECT activity_id FROM capture.activities WHERE lead_id IS NULL AND recorded_at < $1 \
+               LIMIT $2 FOR UPDATE SKIP LOCKED)",
+            before,
+        )
+        .await?;
+        let visitors = delete_in_batches(
+            &self.pool,
+            "DELETE FROM capture.visitors WHERE visitor_id IN ( \
+               SELECT visitor_id FROM capture.visitors v WHERE lead_id IS NULL AND last_seen_at < $1 \
+                 AND NOT EXISTS (SELECT 1 FROM capture.activities a WHERE a.visitor_id = v.visitor_id AND a.lead_id IS NULL) \
+               LIMIT $2 FOR UPDATE SKIP LOCKED)",
+            before,
+        )
+        .await?;
         Ok((activities, visitors))
     }
 }

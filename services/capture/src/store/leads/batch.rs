@@ -445,15 +445,13 @@ impl LeadStore {
     ) -> Result<Vec<Result<Batched, StoreError>>, StoreError> {
         // Every statement below finds rows by a key (an identity, a lead id, a lineage link),
         // a few per row of the batch; but a table an import is filling has no statistics yet,
-        // and the planner, believing it small, scans or hashes the whole table once per
-        // statement per batch (growing with the table). For this transaction only, whole-table
-        // scans, hash and merge joins are made a last resort, so lookups go through the indexes.
+        // and the planner, believing it small, hashes or merges the whole table once per
+        // statement per batch (growing with the table). Capture's sessions already make
+        // whole-table scans a last resort (`postgres::INDEXED_LOOKUPS`); for this transaction
+        // hash and merge joins are too, so lookups go through the indexes.
         let mut tx = self
             .pool
-            .begin_with(
-                "BEGIN; SET LOCAL enable_seqscan = off; SET LOCAL enable_hashjoin = off; \
-                 SET LOCAL enable_mergejoin = off",
-            )
+            .begin_with("BEGIN; SET LOCAL enable_hashjoin = off; SET LOCAL enable_mergejoin = off")
             .await?;
         let emails: Vec<&[u8]> = rows
             .iter()
