@@ -25,12 +25,16 @@
 //! When `store/leads.rs` changes, change this file with it: the unit test
 //! `reference_sql_is_the_service_sql` fails until they agree again.
 //!
-//! **R-copy** is a text `COPY` of already-normalized rows into `capture.leads` (the columns
-//! `insert_lead` writes) of a fresh database migrated by `capture migrate`.
+//! **R-copy** is a text `COPY` of the same rows, already normalized, into the same tables
+//! (`../shared/benchmarks.md` §2): each new lead's row in `capture.leads`, its touch, its
+//! consent record and its `lead.captured` outbox row (the columns `insert_lead`,
+//! `insert_touch`, `insert_consent` and `Outbox::add` write, with the values R-pg-capture
+//! binds), into a fresh database migrated by `capture migrate`. It copies every row as a new
+//! lead; the import also plans merges and rejections, which COPY cannot do.
 
 use std::fmt::Write as _;
 use std::io::Write as _;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::Context;
@@ -356,6 +360,25 @@ pub const COPY_LEADS: &str = "COPY capture.leads (lead_id, source_id, channel, c
      email_sealed, phone_sealed, first_name_sealed, last_name_sealed, email_kind, email_role, phone_region, \
      phone_line_type, company, country, website, job_title, quality_score, email_digest, phone_digest) FROM STDIN";
 
+/// The columns `insert_touch` writes.
+pub const COPY_TOUCHES: &str = "COPY capture.touches (touch_id, lead_id, source_id, channel, campaign, utm_source, utm_medium, \
+     utm_campaign, utm_term, utm_content, gclid, fbclid, referrer, landing_page) FROM STDIN";
+
+/// The columns `insert_consent` writes.
+pub const COPY_CONSENTS: &str = "COPY capture.consents (consent_id, lead_id, channels, disclosure_text, disclosure_sha256, \
+     form_url, form_version, ip_sealed, user_agent_sealed, legal_basis, given_at) FROM STDIN";
+
+/// The columns `Outbox::add` writes.
+pub const COPY_OUTBOX: &str =
+    "COPY capture.outbox (event_id, stream, event_type, envelope) FROM STDIN";
+
+/// Every table a new lead's import writes a row to, in the order their foreign keys need:
+/// R-copy copies each lead into all of them, as `ImportLeads` stores it.
+pub const COPY_TABLES: [&str; 4] = [COPY_LEADS, COPY_TOUCHES, COPY_CONSENTS, COPY_OUTBOX];
+
+/// The time every copied consent was given.
+const COPY_GIVEN_AT: &str = "2026-11-24 12:00:00+00";
+
 /// Appends `text` escaped for COPY's text format.
 fn copy_text(out: &mut String, text: &str) {
     for c in text.chars() {
@@ -380,94 +403,199 @@ fn copy_bytes(out: &mut String, bytes: Option<&[u8]>) {
     }
 }
 
-/// Appends one already-normalized lead as a COPY text line.
-pub fn copy_line(out: &mut String, material: &Material, lead: &Lead) {
-    let mut rng = Rng::new(lead.number ^ 0x636f_7079);
-    let normalized = &lead.normalized;
-    let _infallible = write!(out, "{}\t", Uuid::now_v7());
-    copy_text(out, SOURCE);
-    out.push('\t');
-    copy_text(out, &normalized.channel);
-    out.push('\t');
-    copy_text(out, &normalized.campaign);
-    out.push('\t');
-    copy_bytes(out, Some(&material.bytes(&mut rng, WRAPPED_KEY_LEN)));
-    out.push('\t');
-    let email_bidx = material.keyring.blind_index("email", &normalized.email);
-    let phone_bidx = material
-        .keyring
-        .blind_index("phone", &normalized.phone_e164);
-    copy_bytes(out, Some(&email_bidx));
-    out.push('\t');
-    copy_bytes(out, Some(&phone_bidx));
-    for text in [
-        &normalized.email,
-        &normalized.phone_e164,
-        &normalized.first_name,
-        &normalized.last_name,
-    ] {
+/// Appends text fields, each after a tab.
+fn copy_texts<'a>(out: &mut String, texts: impl IntoIterator<Item = &'a str>) {
+    for text in texts {
         out.push('\t');
-        copy_bytes(out, material.sealed(&mut rng, text).as_deref());
+        copy_text(out, text);
     }
-    let _infallible = write!(
-        out,
-        "\t{}\tf\t{}\t{}\t",
-        normalized.email_kind, normalized.phone_region, normalized.phone_line_type
-    );
-    copy_text(out, &normalized.company);
-    out.push('\t');
-    copy_text(out, &normalized.country);
-    out.push('\t');
-    copy_text(out, &normalized.website);
-    out.push('\t');
-    copy_text(out, &normalized.job_title);
-    let _infallible = write!(out, "\t{}\t", normalized.quality_score);
-    copy_bytes(out, Some(&email_bidx));
-    out.push('\t');
-    copy_bytes(out, Some(&phone_bidx));
-    out.push('\n');
 }
 
-/// Writes `rows` already-normalized leads (numbers from 0) as COPY text to `path`, before any
-/// timing; returns the file's size in bytes.
-pub async fn write_copy_file(
-    material: Arc<Material>,
-    path: PathBuf,
-    rows: u64,
-) -> anyhow::Result<u64> {
-    tokio::task::spawn_blocking(move || -> anyhow::Result<u64> {
-        let file =
-            std::fs::File::create(&path).with_context(|| format!("create {}", path.display()))?;
-        let mut writer = std::io::BufWriter::with_capacity(1 << 20, file);
-        let mut line = String::with_capacity(1024);
-        let mut size = 0u64;
-        for number in 0..rows {
-            line.clear();
-            copy_line(&mut line, &material, &Lead::new(number));
-            writer
-                .write_all(line.as_bytes())
-                .context("write COPY file")?;
-            size += line.len() as u64;
+/// Appends one new lead's rows as COPY text lines, one per table of [`COPY_TABLES`]: the lead,
+/// its touch, its consent record and its `lead.captured` outbox row, with the values the
+/// R-pg-capture reference binds.
+pub fn copy_lines(out: &mut [String; 4], material: &Material, capture: &RefCapture) {
+    let normalized = &capture.lead.normalized;
+    let request = &capture.lead.request;
+    let [leads, touches, consents, outbox] = out;
+
+    let _infallible = write!(leads, "{}\t", capture.lead_id);
+    copy_text(leads, SOURCE);
+    copy_texts(leads, [normalized.channel.as_str(), &normalized.campaign]);
+    for bytes in [
+        Some(capture.data_key.as_slice()),
+        Some(&capture.email_bidx),
+        Some(&capture.phone_bidx),
+        capture.email_sealed.as_deref(),
+        capture.phone_sealed.as_deref(),
+        capture.first_name_sealed.as_deref(),
+        capture.last_name_sealed.as_deref(),
+    ] {
+        leads.push('\t');
+        copy_bytes(leads, bytes);
+    }
+    let _infallible = write!(
+        leads,
+        "\t{}\tf\t{}\t{}",
+        normalized.email_kind, normalized.phone_region, normalized.phone_line_type
+    );
+    copy_texts(
+        leads,
+        [
+            normalized.company.as_str(),
+            &normalized.country,
+            &normalized.website,
+            &normalized.job_title,
+        ],
+    );
+    let _infallible = write!(leads, "\t{}\t", normalized.quality_score);
+    copy_bytes(leads, Some(&capture.email_bidx));
+    leads.push('\t');
+    copy_bytes(leads, Some(&capture.phone_bidx));
+    leads.push('\n');
+
+    let attribution = request.attribution.clone().unwrap_or_default();
+    let _infallible = write!(touches, "{}\t{}\t", capture.touch_id, capture.lead_id);
+    copy_text(touches, SOURCE);
+    copy_texts(
+        touches,
+        [
+            normalized.channel.as_str(),
+            &normalized.campaign,
+            &attribution.utm_source,
+            &attribution.utm_medium,
+            &attribution.utm_campaign,
+            &attribution.utm_term,
+            &attribution.utm_content,
+            &attribution.gclid,
+            &attribution.fbclid,
+            &attribution.referrer,
+            &attribution.landing_page,
+        ],
+    );
+    touches.push('\n');
+
+    let consent = request.consent.clone().unwrap_or_default();
+    let _infallible = write!(consents, "{}\t{}\t{{", capture.consent_id, capture.lead_id);
+    for (n, channel) in normalized.consent_channels.iter().enumerate() {
+        if n > 0 {
+            consents.push(',');
         }
-        writer.flush().context("flush COPY file")?;
-        Ok(size)
+        copy_text(consents, channel);
+    }
+    consents.push('}');
+    copy_texts(
+        consents,
+        [
+            consent.disclosure_text.as_str(),
+            &capture.disclosure_sha256,
+            &consent.form_url,
+            &consent.form_version,
+        ],
+    );
+    consents.push('\t');
+    copy_bytes(consents, capture.ip_sealed.as_deref());
+    consents.push('\t');
+    copy_bytes(consents, capture.user_agent_sealed.as_deref());
+    copy_texts(consents, ["LEGAL_BASIS_CONSENT", COPY_GIVEN_AT]);
+    consents.push('\n');
+
+    let _infallible = write!(outbox, "{}\t", capture.event_id);
+    copy_text(outbox, &material.stream);
+    outbox.push('\t');
+    copy_text(outbox, types::LEAD_CAPTURED);
+    outbox.push('\t');
+    copy_bytes(outbox, Some(&capture.envelope));
+    outbox.push('\n');
+}
+
+/// R-copy's input: one COPY text file per table of [`COPY_TABLES`].
+pub struct CopyFiles {
+    pub paths: [PathBuf; 4],
+    /// Their size together, in bytes.
+    pub bytes: u64,
+}
+
+impl CopyFiles {
+    /// Removes the files.
+    pub fn remove(&self) {
+        for path in &self.paths {
+            let _removed = std::fs::remove_file(path);
+        }
+    }
+}
+
+/// Writes `rows` already-normalized new leads (numbers from 0) as COPY text, one file per
+/// table beside `stem`, before any timing.
+pub async fn write_copy_files(
+    material: Arc<Material>,
+    stem: PathBuf,
+    rows: u64,
+) -> anyhow::Result<CopyFiles> {
+    tokio::task::spawn_blocking(move || -> anyhow::Result<CopyFiles> {
+        let paths = ["leads", "touches", "consents", "outbox"]
+            .map(|table| stem.with_extension(format!("{table}.copy")));
+        let files = CopyFiles { paths, bytes: 0 };
+        let written = (|| -> anyhow::Result<u64> {
+            let mut writers = Vec::with_capacity(4);
+            for path in &files.paths {
+                let file = std::fs::File::create(path)
+                    .with_context(|| format!("create {}", path.display()))?;
+                writers.push(std::io::BufWriter::with_capacity(1 << 20, file));
+            }
+            let mut lines: [String; 4] = Default::default();
+            let mut size = 0u64;
+            for number in 0..rows {
+                lines.iter_mut().for_each(String::clear);
+                let capture = RefCapture::new(&material, Lead::new(number));
+                copy_lines(&mut lines, &material, &capture);
+                for (writer, line) in writers.iter_mut().zip(&lines) {
+                    writer
+                        .write_all(line.as_bytes())
+                        .context("write COPY file")?;
+                    size += line.len() as u64;
+                }
+            }
+            for writer in &mut writers {
+                writer.flush().context("flush COPY file")?;
+            }
+            Ok(size)
+        })();
+        match written {
+            Ok(bytes) => Ok(CopyFiles { bytes, ..files }),
+            Err(err) => {
+                files.remove();
+                Err(err)
+            }
+        }
     })
     .await
     .context("join COPY file writer")?
 }
 
-/// Streams the COPY text file at `path` into `capture.leads` over `connection`; returns how
-/// many rows Postgres took.
-pub async fn copy_file(connection: &mut PgConnection, path: &Path) -> anyhow::Result<u64> {
-    let file = tokio::fs::File::open(path)
-        .await
-        .with_context(|| format!("open {}", path.display()))?;
-    let mut copy = connection
-        .copy_in_raw(COPY_LEADS)
-        .await
-        .context("start COPY")?;
-    copy.read_from(file).await.context("send COPY data")?;
-    copy.finish().await.context("finish COPY")
+/// Streams the COPY files into their tables over `connection`, one after the other (each
+/// COPY its own transaction); returns how many leads Postgres took.
+pub async fn copy_files(connection: &mut PgConnection, files: &CopyFiles) -> anyhow::Result<u64> {
+    let mut leads = None;
+    for (statement, path) in COPY_TABLES.iter().zip(&files.paths) {
+        let file = tokio::fs::File::open(path)
+            .await
+            .with_context(|| format!("open {}", path.display()))?;
+        let mut copy = connection
+            .copy_in_raw(statement)
+            .await
+            .with_context(|| format!("start {statement}"))?;
+        copy.read_from(file).await.context("send COPY data")?;
+        let rows = copy.finish().await.context("finish COPY")?;
+        match leads {
+            None => leads = Some(rows),
+            Some(leads) if leads != rows => {
+                anyhow::bail!("copied {leads} leads but {rows} rows by {statement}")
+            }
+            Some(_) => {}
+        }
+    }
+    Ok(leads.unwrap_or_default())
 }
 
 #[cfg(test)]
@@ -525,9 +653,18 @@ mod tests {
     #[test]
     fn copy_lines_have_every_column() {
         let material = Material::new("s".to_owned()).expect("material");
-        let mut line = String::new();
-        copy_line(&mut line, &material, &Lead::new(3));
-        assert_eq!(line.matches('\t').count(), 21, "{line}");
-        assert!(line.ends_with('\n'));
+        let capture = RefCapture::new(&material, Lead::new(3));
+        let mut lines: [String; 4] = Default::default();
+        copy_lines(&mut lines, &material, &capture);
+        for (statement, line) in COPY_TABLES.iter().zip(&lines) {
+            let columns = statement.matches(',').count() + 1;
+            assert_eq!(
+                line.matches('\t').count(),
+                columns - 1,
+                "{statement}\n{line}"
+            );
+            assert_eq!(line.matches('\n').count(), 1, "{line}");
+            assert!(line.ends_with('\n'));
+        }
     }
 }

@@ -1020,14 +1020,9 @@ async fn import_round(
 /// Empties capture's lead tables (both sides of B5 start from empty tables): `leads` with
 /// every table that references it (touches, consents, merges, reviews, visitors, activities,
 /// and whatever comes next), so a new table cannot break the run.
-async fn empty_capture_tables(url: &str, with_outbox: bool) -> anyhow::Result<()> {
+async fn empty_capture_tables(url: &str) -> anyhow::Result<()> {
     let mut connection = PgConnection::connect(url).await?;
-    let statement = if with_outbox {
-        "TRUNCATE capture.idempotency, capture.leads, capture.outbox CASCADE"
-    } else {
-        "TRUNCATE capture.idempotency, capture.leads CASCADE"
-    };
-    sqlx::query(statement)
+    sqlx::query("TRUNCATE capture.idempotency, capture.leads, capture.outbox CASCADE")
         .execute(&mut connection)
         .await
         .context("truncate capture tables")?;
@@ -1064,25 +1059,14 @@ async fn b5(
         .execute(&mut copy_connection)
         .await
         .context("register the source in the COPY database")?;
-    let copy_file = std::env::temp_dir().join(format!("{}.copy", copy.name));
+    let copy_stem = std::env::temp_dir().join(&copy.name);
     progress(&format!(
-        "B5 writing {} normalized rows for R-copy to {} (before timing)",
+        "B5 writing {} normalized rows for R-copy beside {} (before timing)",
         thousands(plan.import_rows as f64),
-        copy_file.display()
+        copy_stem.display()
     ));
-    let size = reference::write_copy_file(
-        fixture.material.clone(),
-        copy_file.clone(),
-        plan.import_rows,
-    )
-    .await;
-    let size = match size {
-        Ok(size) => size,
-        Err(err) => {
-            let _removed = std::fs::remove_file(&copy_file);
-            return Err(err);
-        }
-    };
+    let copy_files =
+        reference::write_copy_files(fixture.material.clone(), copy_stem, plan.import_rows).await?;
     let rss = RssSampler::start(
         fixture.capture.pid,
         plan.import_deadline * plan.import_rounds.max(1) as u32 + Duration::from_secs(60),
@@ -1099,7 +1083,7 @@ async fn b5(
         for side in 0..2 {
             if (side == 0) == import_first {
                 let _left = outbox_settled(fixture, Duration::from_secs(30)).await;
-                if let Err(err) = empty_capture_tables(&fixture.database.url, true).await {
+                if let Err(err) = empty_capture_tables(&fixture.database.url).await {
                     failure = Some(err);
                     break;
                 }
@@ -1114,12 +1098,12 @@ async fn b5(
                     .await,
                 );
             } else {
-                if let Err(err) = empty_capture_tables(&copy.url, false).await {
+                if let Err(err) = empty_capture_tables(&copy.url).await {
                     failure = Some(err);
                     break;
                 }
                 let started = Instant::now();
-                match reference::copy_file(&mut copy_connection, &copy_file).await {
+                match reference::copy_files(&mut copy_connection, &copy_files).await {
                     Ok(rows) => copied = Some((rows, started.elapsed())),
                     Err(err) => {
                         failure = Some(err);
@@ -1181,7 +1165,7 @@ async fn b5(
     }
     let seen = rss.stop().await;
     let _closed = copy_connection.close().await;
-    let _removed = std::fs::remove_file(&copy_file);
+    copy_files.remove();
     if let Some(err) = failure {
         return Err(err);
     }
@@ -1201,9 +1185,9 @@ async fn b5(
         report.figure(format!("B5          round {} outcomes: {line}", round + 1));
     }
     report.figure(format!(
-        "B5          R-copy: text COPY of {} normalized rows ({:.1} MB) into capture.leads of a fresh database, emptied before each round; ImportLeads into emptied tables too",
+        "B5          R-copy: text COPY of {} normalized new leads ({:.1} MB) into the tables a new lead's import writes (leads, touches, consents, outbox) of a fresh database, emptied before each round; ImportLeads into emptied tables too",
         thousands(plan.import_rows as f64),
-        size as f64 / 1_048_576.0
+        copy_files.bytes as f64 / 1_048_576.0
     ));
     report.figure(format!(
         "B5          capture RSS max during the imports: {} ({} samples every 100 ms)",
