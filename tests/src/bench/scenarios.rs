@@ -56,6 +56,8 @@ pub enum Only {
     Capture,
     /// B5.
     Import,
+    /// B3a and B3c alone (1-client latency; B3b needs B2's maximum).
+    Latency,
 }
 
 impl Plan {
@@ -526,7 +528,7 @@ async fn measure(
             }
         },
     };
-    if capture {
+    if capture || plan.only == Some(Only::Latency) {
         b3(plan, fixture, report, subject_rate).await;
     }
     let b5 = if import {

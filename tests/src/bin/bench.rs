@@ -58,7 +58,8 @@ struct Cli {
     /// A/B rounds of B5.
     #[arg(long)]
     import_rounds: Option<usize>,
-    /// Run only B2 and B3 (`capture`) or only B5 (`import`); B13's idle figure always.
+    /// Run only B2 and B3 (`capture`), only B5 (`import`) or only B3a and B3c (`latency`);
+    /// B13's idle figure always.
     #[arg(long, value_enum)]
     only: Option<OnlyArg>,
 }
@@ -67,6 +68,7 @@ struct Cli {
 enum OnlyArg {
     Capture,
     Import,
+    Latency,
 }
 
 #[tokio::main]
@@ -100,6 +102,7 @@ async fn main() {
     plan.only = cli.only.map(|only| match only {
         OnlyArg::Capture => scenarios::Only::Capture,
         OnlyArg::Import => scenarios::Only::Import,
+        OnlyArg::Latency => scenarios::Only::Latency,
     });
     scenarios::run(plan).await;
 }
