@@ -3,7 +3,7 @@
 //! import`), idempotent retries (I2), personal data sealed, masked and erased (I8, R13), the
 //! merge review queue and unmerge, returns, source rules, consent evidence, the auth matrix
 //! (R12), rotation of the key-encryption key of personal data, and activity tracking
-//! (`RecordActivity`, visitors linked by captures).
+//! (`RecordActivity`, visitors linked by captures), and rate limits per source and per key.
 //!
 //! Direct SQL only asserts what is stored; Redis `XRANGE` only asserts what was published.
 
@@ -17,6 +17,8 @@ mod idempotency;
 mod import;
 #[path = "capture/key_rotation.rs"]
 mod key_rotation;
+#[path = "capture/limits.rs"]
+mod limits;
 #[path = "capture/merge.rs"]
 mod merge;
 #[path = "capture/privacy.rs"]

@@ -38,7 +38,8 @@ pub struct Settings {
     pub pii_previous_keys: Option<SecretString>,
     /// Key of the blind indexes used to find people by email and phone: 64 hex characters.
     pub blind_index_key: SecretString,
-    /// Captures per minute allowed per API key on `CaptureLead`; 0 means unlimited.
+    /// Calls per minute allowed per API key on `CaptureLead`, and again (a budget of its own)
+    /// on `RecordActivity`; 0 means unlimited. Imports are not limited.
     #[serde(default)]
     pub key_rate_per_minute: u32,
     /// Address of the web-to-lead HTTP endpoint ([`DEFAULT_HTTP_ADDR`] when unset); port 0

@@ -363,6 +363,16 @@ impl Capturer {
         request: &RecordActivityRequest,
         rate_limited: bool,
     ) -> Result<RecordActivityResponse, CaptureError> {
+        if rate_limited {
+            // Activities have a budget of their own per key: a site's page views must not
+            // spend the captures its forms are owed.
+            self.limits
+                .check(
+                    &format!("activity-key:{}", origin.caller),
+                    origin.caller_rate_per_minute,
+                )
+                .map_err(CaptureError::RateLimited)?;
+        }
         // The source's own problems are reported by the parse below, with every other field.
         let mut source_violations = FieldViolations::new();
         let source_id = parse_token(&mut source_violations, "source", &request.source, true);
