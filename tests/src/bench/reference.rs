@@ -13,10 +13,10 @@
 //! | [`INSERT_OUTBOX`]    | `Outbox::add` (libs/platform/src/events/outbox.rs), from `insert_lead` |
 //! | [`INSERT_TOUCH`]     | `LeadStore::insert_touch`                                      |
 //! | [`INSERT_CONSENT`]   | `LeadStore::insert_consent`                                    |
-//! | [`SELECT_VIEW_LEAD`], [`SELECT_VIEW_TOUCHES`], [`SELECT_VIEW_CONSENTS`] | `LeadStore::view` |
 //! | `COMMIT`             | `capture_once`: `self.outbox.commit(tx)` (its relay wake is no SQL) |
 //!
-//! Capture reads its source from a per-replica cache (`SourceStore::get`, 5 s), so no source
+//! A new lead's answer is built from the values just written (`new_lead_view`), so no
+//! read-back is part of a capture either. Capture reads its source from a per-replica cache (`SourceStore::get`, 5 s), so no source
 //! query is part of a capture.
 //!
 //! Sealed columns get random bytes of exactly the sizes capture writes (AES-256-GCM: 12-byte
@@ -66,7 +66,8 @@ pub const INSERT_LEAD: &str = "INSERT INTO capture.leads (lead_id, source_id, ch
                phone_line_type, company, country, website, job_title, quality_score, email_digest, phone_digest, \
                merged_into, merged_at) \
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, \
-               $23, CASE WHEN $23::uuid IS NULL THEN NULL ELSE now() END)";
+               $23, CASE WHEN $23::uuid IS NULL THEN NULL ELSE now() END) \
+             RETURNING created_at";
 
 /// `Outbox::add` with schema `capture`.
 pub const INSERT_OUTBOX: &str =
@@ -81,25 +82,6 @@ pub const INSERT_TOUCH: &str = "INSERT INTO capture.touches (touch_id, lead_id, 
 pub const INSERT_CONSENT: &str = "INSERT INTO capture.consents (consent_id, lead_id, channels, disclosure_text, disclosure_sha256, \
                form_url, form_version, ip_sealed, user_agent_sealed, legal_basis, given_at) \
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, COALESCE($11, now()))";
-
-/// `LeadStore::view`: the lead.
-pub const SELECT_VIEW_LEAD: &str = "SELECT data_key, email_sealed, phone_sealed, first_name_sealed, last_name_sealed, company, source_id, \
-                    channel, campaign, email_kind, email_role, phone_line_type, country, website, job_title, \
-                    quality_score, touch_count, erased_at, created_at \
-             FROM capture.leads WHERE lead_id = $1";
-
-/// `LeadStore::view`: its first and latest touch.
-pub const SELECT_VIEW_TOUCHES: &str = "SELECT source_id, channel, campaign, utm_source, utm_medium, utm_campaign, utm_term, utm_content, \
-                    gclid, fbclid, referrer, landing_page, captured_at \
-             FROM ((SELECT * FROM capture.touches WHERE lead_id = ANY($1) ORDER BY captured_at, touch_id LIMIT 1) \
-                   UNION ALL \
-                   (SELECT * FROM capture.touches WHERE lead_id = ANY($1) ORDER BY captured_at DESC, touch_id DESC LIMIT 1)) \
-                  AS first_and_latest ORDER BY captured_at, touch_id";
-
-/// `LeadStore::view`: its consents.
-pub const SELECT_VIEW_CONSENTS: &str = "SELECT lead_id, consent_id, channels, disclosure_text, disclosure_sha256, form_url, form_version, \
-                    ip_sealed, user_agent_sealed, legal_basis, given_at \
-             FROM capture.consents WHERE lead_id = ANY($1) ORDER BY recorded_at, consent_id";
 
 /// AES-256-GCM nonce + tag around every sealed value.
 const SEAL_OVERHEAD: usize = 12 + 16;
@@ -292,7 +274,7 @@ pub async fn capture_new_lead(
         .bind(&capture.email_bidx)
         .bind(&capture.phone_bidx)
         .bind(None::<Uuid>)
-        .execute(&mut *tx)
+        .fetch_one(&mut *tx)
         .await?;
     // insert_lead → Outbox::add.
     sqlx::query(INSERT_OUTBOX)
@@ -334,20 +316,6 @@ pub async fn capture_new_lead(
         .bind("LEGAL_BASIS_CONSENT")
         .bind(None::<sqlx::types::chrono::DateTime<sqlx::types::chrono::Utc>>)
         .execute(&mut *tx)
-        .await?;
-    // view: the lead, its touches, its consents.
-    let _lead = sqlx::query(SELECT_VIEW_LEAD)
-        .bind(capture.lead_id)
-        .fetch_optional(&mut *tx)
-        .await?;
-    let family = [capture.lead_id];
-    let _touches = sqlx::query(SELECT_VIEW_TOUCHES)
-        .bind(family)
-        .fetch_all(&mut *tx)
-        .await?;
-    let _consents = sqlx::query(SELECT_VIEW_CONSENTS)
-        .bind(family)
-        .fetch_all(&mut *tx)
         .await?;
     tx.commit().await?;
     Ok(())
@@ -629,7 +597,6 @@ mod tests {
     #[test]
     fn reference_sql_is_the_service_sql() {
         let leads = unescaped_source("services/capture/src/store/leads.rs");
-        let read = unescaped_source("services/capture/src/store/leads/read.rs");
         let outbox = unescaped_source("libs/platform/src/events/outbox.rs")
             .replace("INSERT INTO {}.outbox", "INSERT INTO capture.outbox");
         for (name, sql, file) in [
@@ -639,9 +606,6 @@ mod tests {
             ("INSERT_OUTBOX", INSERT_OUTBOX, &outbox),
             ("INSERT_TOUCH", INSERT_TOUCH, &leads),
             ("INSERT_CONSENT", INSERT_CONSENT, &leads),
-            ("SELECT_VIEW_LEAD", SELECT_VIEW_LEAD, &read),
-            ("SELECT_VIEW_TOUCHES", SELECT_VIEW_TOUCHES, &read),
-            ("SELECT_VIEW_CONSENTS", SELECT_VIEW_CONSENTS, &read),
         ] {
             assert!(
                 file.contains(&format!("\"{sql}\"")),

@@ -431,3 +431,85 @@ async fn consent_records_cannot_be_changed() -> anyhow::Result<()> {
     assert_eq!(record.given_at, given.given_at, "when it was given");
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_new_leads_answer_is_the_lead_as_get_lead_reads_it_masked_or_not() -> anyhow::Result<()> {
+    let suite = Suite::start_capture().await?;
+    let full = suite
+        .env
+        .create_api_key("full-writer", &["leads:write", "leads:read", "pii:read"])
+        .await?;
+    let plain = suite
+        .env
+        .create_api_key("plain-writer", &["leads:write", "leads:read"])
+        .await?;
+    let given_at = leadflow_proto::prost_types::Timestamp {
+        seconds: 1_790_000_000,
+        nanos: 123_456_000,
+    };
+    for (n, (key, consent_given_at)) in [(&full, None), (&plain, Some(given_at))]
+        .into_iter()
+        .enumerate()
+    {
+        let mut client = suite.capture_as(key).await?;
+        let request = CaptureLeadRequest {
+            lead: Some(LeadInput {
+                first_name: " Zoë ".into(),
+                last_name: "Ångström".into(),
+                company: "Acme Corp".into(),
+                job_title: "Head of Ops".into(),
+                website: "acme-corp.example".into(),
+                country: "se".into(),
+                campaign: "Winter launch".into(),
+                ..person(
+                    &format!("Answer.{n}@Acme-Corp.example"),
+                    &format!("+46 70 123 45 6{n}"),
+                )
+            }),
+            attribution: Some(Attribution {
+                utm_source: "newsletter".into(),
+                utm_medium: "email".into(),
+                utm_campaign: "winter".into(),
+                utm_term: "crm".into(),
+                utm_content: "hero".into(),
+                gclid: "gclid-1".into(),
+                referrer: "https://mail.example/".into(),
+                landing_page: "https://acme-corp.example/offer".into(),
+                ..Attribution::default()
+            }),
+            consent: Some(ConsentInput {
+                given_at: consent_given_at,
+                ..consent("203.0.113.9", "Mozilla/5.0 (answer test)")
+            }),
+        };
+        let answered = client.capture_lead(request).await?.into_inner();
+        assert_eq!(answered.outcome(), CaptureOutcome::Created);
+        let answered = answered.lead.expect("the answer carries the lead");
+        let read = client
+            .get_lead(GetLeadRequest {
+                lead_id: answered.lead_id.clone(),
+            })
+            .await?
+            .into_inner()
+            .lead
+            .expect("GetLead finds it");
+        assert_eq!(
+            answered, read,
+            "the capture's answer is the lead as stored (key {n})"
+        );
+        assert_eq!(answered.consents.len(), 1);
+        assert!(answered.first_touch.is_some() && answered.latest_touch.is_some());
+        if key == &full {
+            assert_eq!(answered.email, format!("answer.{n}@acme-corp.example"));
+            assert_eq!(answered.consents[0].ip_address, "203.0.113.9");
+        } else {
+            assert_ne!(
+                answered.email,
+                format!("answer.{n}@acme-corp.example"),
+                "masked"
+            );
+            assert_eq!(answered.consents[0].given_at, Some(given_at));
+        }
+    }
+    Ok(())
+}

@@ -716,18 +716,23 @@ impl LeadStore {
                     claim_phone: phone_bidx.is_some_and(|bidx| !held.contains(&bidx)),
                     ..NewRow::lead(email_bidx, phone_bidx)
                 };
-                let (lead_id, key) = self.insert_lead(tx, source, request, row).await?;
-                self.insert_touch(tx, lead_id, source, request).await?;
-                if let Some(consent) = &request.consent {
-                    self.insert_consent(tx, lead_id, &key, consent).await?;
-                }
+                let (lead_id, key, created_at) = self.insert_lead(tx, source, request, row).await?;
+                let touch = self
+                    .insert_touch(tx, lead_id, source, request, created_at)
+                    .await?;
+                let consent = match &request.consent {
+                    Some(consent) => Some(
+                        self.insert_consent(tx, lead_id, &key, consent, created_at)
+                            .await?,
+                    ),
+                    None => None,
+                };
                 if let Some(visitor_id) = request.lead.visitor_id {
                     self.link_visitor(tx, visitor_id, lead_id).await?;
                 }
-                let lead = self
-                    .view_family(tx, lead_id, &[lead_id], false)
-                    .await?
-                    .ok_or(StoreError::NotFound)?;
+                // Answered from what was just written rather than read back: every value
+                // is one this transaction stored, and its `now()` is `created_at`.
+                let lead = new_lead_view(lead_id, source, request, created_at, touch, consent);
                 let captured = Captured {
                     outcome: Outcome::Created,
                     lead,
@@ -777,10 +782,12 @@ impl LeadStore {
             merged_into: Some(existing.lead_id),
             ..NewRow::lead(email_bidx, phone_bidx)
         };
-        let (record_id, record_key) = self.insert_lead(tx, source, request, row).await?;
-        self.insert_touch(tx, record_id, source, request).await?;
+        let (record_id, record_key, recorded_at) =
+            self.insert_lead(tx, source, request, row).await?;
+        self.insert_touch(tx, record_id, source, request, recorded_at)
+            .await?;
         if let Some(consent) = &request.consent {
-            self.insert_consent(tx, record_id, &record_key, consent)
+            self.insert_consent(tx, record_id, &record_key, consent, recorded_at)
                 .await?;
         }
         let incoming = Incoming::capture(record_id, source, request, email_bidx, phone_bidx);
@@ -807,20 +814,21 @@ impl LeadStore {
         source: &SourcePolicy,
         request: &CaptureRequest,
         row: NewRow<'_>,
-    ) -> Result<(Uuid, DataKey), StoreError> {
+    ) -> Result<(Uuid, DataKey, DateTime<Utc>), StoreError> {
         let lead = &request.lead;
         let lead_id = Uuid::now_v7();
         let owner = lead_id.as_bytes();
         let (key, wrapped) = self.keyring.new_data_key(owner).context("new data key")?;
         let seal =
             |field: &str, text: &str| key.seal_text(owner, field, text).context("seal field");
-        sqlx::query(
+        let created_at: DateTime<Utc> = sqlx::query_scalar(
             "INSERT INTO capture.leads (lead_id, source_id, channel, campaign, data_key, email_bidx, phone_bidx, \
                email_sealed, phone_sealed, first_name_sealed, last_name_sealed, email_kind, email_role, phone_region, \
                phone_line_type, company, country, website, job_title, quality_score, email_digest, phone_digest, \
                merged_into, merged_at) \
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, \
-               $23, CASE WHEN $23::uuid IS NULL THEN NULL ELSE now() END)",
+               $23, CASE WHEN $23::uuid IS NULL THEN NULL ELSE now() END) \
+             RETURNING created_at",
         )
         .bind(lead_id)
         .bind(&source.source_id)
@@ -845,7 +853,7 @@ impl LeadStore {
         .bind(row.email_digest)
         .bind(row.phone_digest)
         .bind(row.merged_into)
-        .execute(&mut *tx)
+        .fetch_one(&mut *tx)
         .await
         .context("insert lead")?;
         if row.merged_into.is_none() {
@@ -854,7 +862,7 @@ impl LeadStore {
                 .add(tx, types::LEAD_CAPTURED, lead_id, &event)
                 .await?;
         }
-        Ok((lead_id, key))
+        Ok((lead_id, key, created_at))
     }
 
     /// Folds a row into a known lead: its empty fields are filled (sealed under the lead's
@@ -978,7 +986,8 @@ impl LeadStore {
         lead_id: Uuid,
         source: &SourcePolicy,
         request: &CaptureRequest,
-    ) -> Result<(), StoreError> {
+        now: DateTime<Utc>,
+    ) -> Result<TouchRow, StoreError> {
         let attribution = &request.attribution;
         sqlx::query(
             "INSERT INTO capture.touches (touch_id, lead_id, source_id, channel, campaign, utm_source, utm_medium, \
@@ -1002,7 +1011,22 @@ impl LeadStore {
         .execute(&mut *tx)
         .await
         .context("insert touch")?;
-        Ok(())
+        // `captured_at` defaults to `now()`: the transaction's time, `now`.
+        Ok(TouchRow {
+            source_id: source.source_id.clone(),
+            channel: request.lead.channel.clone(),
+            campaign: request.lead.campaign.clone(),
+            utm_source: attribution.utm_source.clone(),
+            utm_medium: attribution.utm_medium.clone(),
+            utm_campaign: attribution.utm_campaign.clone(),
+            utm_term: attribution.utm_term.clone(),
+            utm_content: attribution.utm_content.clone(),
+            gclid: attribution.gclid.clone(),
+            fbclid: attribution.fbclid.clone(),
+            referrer: attribution.referrer.clone(),
+            landing_page: attribution.landing_page.clone(),
+            captured_at: now,
+        })
     }
 
     async fn insert_consent(
@@ -1011,7 +1035,8 @@ impl LeadStore {
         lead_id: Uuid,
         key: &DataKey,
         consent: &Consent,
-    ) -> Result<(), StoreError> {
+        now: DateTime<Utc>,
+    ) -> Result<ConsentRow, StoreError> {
         let consent_id = Uuid::now_v7();
         let owner = consent_id.as_bytes();
         let ip = consent
@@ -1037,7 +1062,19 @@ impl LeadStore {
         .execute(&mut *tx)
         .await
         .context("insert consent")?;
-        Ok(())
+        Ok(ConsentRow {
+            consent_id,
+            channels: consent.channel_names(),
+            disclosure_text: consent.disclosure_text.clone(),
+            disclosure_sha256: consent.disclosure_sha256.clone(),
+            form_url: consent.form_url.clone(),
+            form_version: consent.form_version.clone(),
+            ip_address: ip,
+            user_agent: consent.user_agent.clone(),
+            legal_basis: consent.legal_basis.as_str_name().to_owned(),
+            // `COALESCE($11, now())`: the transaction's time when none was given.
+            given_at: consent.given_at.unwrap_or(now),
+        })
     }
 
     fn captured_event(&self, lead_id: Uuid, request: &CaptureRequest) -> LeadCaptured {
@@ -1286,5 +1323,61 @@ impl LeadStore {
                 .fetch_optional(&self.pool)
                 .await?;
         Ok(row.map(|(source_id,)| source_id))
+    }
+}
+
+/// The view of lead `lead_id` just stored by a capture of `request` through `source` at
+/// `created_at`, with its one touch and its consent record: what reading it back in the same
+/// transaction would return (see `read.rs`), without the three reads.
+fn new_lead_view(
+    lead_id: Uuid,
+    source: &SourcePolicy,
+    request: &CaptureRequest,
+    created_at: DateTime<Utc>,
+    touch: TouchRow,
+    consent: Option<ConsentRow>,
+) -> LeadView {
+    let lead = &request.lead;
+    LeadView {
+        lead_id,
+        email: lead
+            .email
+            .as_ref()
+            .map(|email| email.address.clone())
+            .unwrap_or_default(),
+        phone: lead
+            .phone
+            .as_ref()
+            .map(|phone| phone.e164.clone())
+            .unwrap_or_default(),
+        first_name: lead.first_name.clone(),
+        last_name: lead.last_name.clone(),
+        company: lead.company.clone(),
+        source_id: source.source_id.clone(),
+        channel: lead.channel.clone(),
+        campaign: lead.campaign.clone(),
+        email_kind: lead
+            .email
+            .as_ref()
+            .map_or("none", |email| email.kind.as_str())
+            .to_owned(),
+        email_role: lead.email.as_ref().is_some_and(|email| email.role),
+        phone_line_type: lead
+            .phone
+            .as_ref()
+            .and_then(|phone| phone.line_type)
+            .unwrap_or_default()
+            .to_owned(),
+        country: lead.country.clone(),
+        website: lead.website.clone(),
+        job_title: lead.job_title.clone(),
+        quality_score: lead.quality_score(),
+        touch_count: 1,
+        erased: false,
+        created_at,
+        first_touch: Some(touch.clone()),
+        latest_touch: Some(touch),
+        consents: consent.into_iter().collect(),
+        merges: Vec::new(),
     }
 }
