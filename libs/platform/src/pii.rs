@@ -22,7 +22,7 @@
 
 use std::fmt;
 
-use aes_gcm::aead::{Aead, AeadCore, KeyInit, OsRng, Payload};
+use aes_gcm::aead::{Aead, KeyInit, Payload};
 use aes_gcm::{Aes256Gcm, Nonce};
 use hmac::{Hmac, Mac};
 use secrecy::{ExposeSecret, SecretString};
@@ -253,7 +253,7 @@ impl Keyring {
     /// Returns a fresh data key and its form wrapped by the primary KEK, to store beside the
     /// record `owner`.
     pub fn new_data_key(&self, owner: &[u8]) -> Result<(DataKey, Vec<u8>), PiiError> {
-        let key = Aes256Gcm::generate_key(OsRng);
+        let key: aes_gcm::Key<Aes256Gcm> = random_bytes::<32>().into();
         let wrapped = self.primary.wrap(owner, &key[..])?;
         Ok((DataKey(Aes256Gcm::new(&key)), wrapped))
     }
@@ -358,13 +358,23 @@ impl DataKey {
     }
 }
 
+/// Returns `N` bytes from the thread's CSPRNG (rand's `ThreadRng`: ChaCha12 seeded and
+/// periodically reseeded from the operating system), without a `getrandom` call for each of
+/// the half-dozen keys and nonces one capture needs.
+fn random_bytes<const N: usize>() -> [u8; N] {
+    use rand::RngCore as _;
+    let mut bytes = [0u8; N];
+    rand::rng().fill_bytes(&mut bytes);
+    bytes
+}
+
 fn seal(
     cipher: &Aes256Gcm,
     owner: &[u8],
     field: &[u8],
     plaintext: &[u8],
 ) -> Result<Vec<u8>, PiiError> {
-    let nonce = Aes256Gcm::generate_nonce(&mut OsRng);
+    let nonce: aes_gcm::Nonce<_> = random_bytes::<12>().into();
     let aad = [owner, b"\0", field].concat();
     let ciphertext = cipher
         .encrypt(
