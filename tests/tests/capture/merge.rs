@@ -435,3 +435,109 @@ async fn sixty_four_concurrent_captures_of_one_person_make_one_lead() -> anyhow:
     assert_eq!(merged, rounds * (CONCURRENCY - 1));
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn list_leads_pages_through_every_lead_as_get_lead_reads_it_merged_rows_inside_their_lead()
+-> anyhow::Result<()> {
+    use leadflow_proto::capture::v1::ListLeadsRequest;
+
+    let suite = Suite::start_capture().await?;
+    let mut capture = suite.capture().await?;
+    let mut created = Vec::new();
+    for n in 0..5 {
+        let lead = capture
+            .capture_lead(CaptureLeadRequest {
+                consent: Some(crate::support::consent("198.51.100.7", "Listing/1.0")),
+                ..capture_of(person(
+                    &format!("listed{n}@acme-corp.example"),
+                    &format!("+1 415 555 01{n:02}"),
+                ))
+            })
+            .await?
+            .into_inner()
+            .lead
+            .expect("lead");
+        created.push(lead.lead_id);
+    }
+    // Two re-captures of the second person: records merged into it, each with a consent
+    // and a touch of its own, and a lineage of two merges.
+    for campaign in ["spring", "summer"] {
+        let merged = capture
+            .capture_lead(CaptureLeadRequest {
+                attribution: Some(Attribution {
+                    utm_campaign: campaign.into(),
+                    ..Attribution::default()
+                }),
+                consent: Some(crate::support::consent("198.51.100.8", "Listing/2.0")),
+                ..capture_of(LeadInput {
+                    first_name: "Second".into(),
+                    ..person("listed1@acme-corp.example", "")
+                })
+            })
+            .await?
+            .into_inner();
+        assert_eq!(merged.outcome(), CaptureOutcome::Merged);
+    }
+
+    let mut listed = Vec::new();
+    let mut page_token = String::new();
+    loop {
+        let page = capture
+            .list_leads(ListLeadsRequest {
+                page_size: 2,
+                page_token: page_token.clone(),
+                ..ListLeadsRequest::default()
+            })
+            .await?
+            .into_inner();
+        assert!(page.leads.len() <= 2);
+        listed.extend(page.leads);
+        if page.next_page_token.is_empty() {
+            break;
+        }
+        page_token = page.next_page_token;
+    }
+    let listed_ids: Vec<&str> = listed.iter().map(|lead| lead.lead_id.as_str()).collect();
+    let newest_first: Vec<&str> = created.iter().rev().map(String::as_str).collect();
+    assert_eq!(
+        listed_ids, newest_first,
+        "every lead once, newest first, no merged record listed"
+    );
+    for lead in &listed {
+        let read = capture
+            .get_lead(GetLeadRequest {
+                lead_id: lead.lead_id.clone(),
+            })
+            .await?
+            .into_inner()
+            .lead
+            .expect("GetLead finds it");
+        assert_eq!(lead, &read, "listed as GetLead reads it");
+    }
+    let second = &listed[3];
+    assert_eq!(second.lead_id, created[1]);
+    assert_eq!(second.touch_count, 3);
+    assert_eq!(second.consents.len(), 3);
+    assert_eq!(second.merges.len(), 2);
+    assert_eq!(
+        second.first_name, "Second",
+        "an empty field filled by a merge"
+    );
+    assert_eq!(
+        second
+            .latest_touch
+            .as_ref()
+            .and_then(|touch| touch.attribution.as_ref())
+            .map(|attribution| attribution.utm_campaign.as_str()),
+        Some("summer")
+    );
+    assert_eq!(
+        second
+            .first_touch
+            .as_ref()
+            .and_then(|touch| touch.attribution.as_ref())
+            .map(|attribution| attribution.utm_campaign.as_str()),
+        Some("")
+    );
+    Ok(())
+}

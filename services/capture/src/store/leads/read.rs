@@ -9,11 +9,12 @@ use leadflow_platform::pii::DataKey;
 use sqlx::PgConnection;
 use uuid::Uuid;
 
-use super::{ConsentRow, LeadStore, LeadView, StoreError, TouchRow};
+use super::{ConsentRow, LeadStore, LeadView, MergeRow, StoreError, TouchRow};
 
 /// A lead's row as read.
 #[derive(Debug, sqlx::FromRow)]
 struct LeadRow {
+    lead_id: Uuid,
     data_key: Option<Vec<u8>>,
     email_sealed: Option<Vec<u8>>,
     phone_sealed: Option<Vec<u8>>,
@@ -38,6 +39,8 @@ struct LeadRow {
 /// A consent record as stored, with the row it belongs to.
 #[derive(Debug, sqlx::FromRow)]
 struct StoredConsent {
+    /// The lead it is part of.
+    root: Uuid,
     lead_id: Uuid,
     consent_id: Uuid,
     channels: Vec<String>,
@@ -49,6 +52,23 @@ struct StoredConsent {
     user_agent_sealed: Option<Vec<u8>>,
     legal_basis: String,
     given_at: DateTime<Utc>,
+}
+
+/// A touch of a lead's family, with the lead.
+#[derive(Debug, sqlx::FromRow)]
+struct FamilyTouch {
+    root: Uuid,
+    touch_id: Uuid,
+    #[sqlx(flatten)]
+    touch: TouchRow,
+}
+
+/// A merge in a lead's lineage, with the lead.
+#[derive(Debug, sqlx::FromRow)]
+struct FamilyMerge {
+    root: Uuid,
+    #[sqlx(flatten)]
+    merge: MergeRow,
 }
 
 impl LeadStore {
@@ -96,8 +116,7 @@ impl LeadStore {
         Ok(root.map(|root| (root, family)))
     }
 
-    /// Returns lead `root` with the history of its `family`; `with_lineage` reads its merges
-    /// (a lead just created has none).
+    /// Returns lead `root` with the history of its `family`; `with_lineage` reads its merges.
     pub(super) async fn view_family(
         &self,
         connection: &mut PgConnection,
@@ -105,89 +124,141 @@ impl LeadStore {
         family: &[Uuid],
         with_lineage: bool,
     ) -> Result<Option<LeadView>, StoreError> {
-        let row: Option<LeadRow> = sqlx::query_as(
-            "SELECT data_key, email_sealed, phone_sealed, first_name_sealed, last_name_sealed, company, source_id, \
-                    channel, campaign, email_kind, email_role, phone_line_type, country, website, job_title, \
+        let family = family.to_vec();
+        let mut views = self
+            .view_families(connection, &[(root, family)], with_lineage)
+            .await?;
+        Ok(views.pop())
+    }
+
+    /// Returns each lead `root` with the history of its family (itself and every row merged
+    /// into it), in the order given, leaving out a root that does not exist; `with_lineage`
+    /// reads their merges. One statement per table, however many leads.
+    pub(super) async fn view_families(
+        &self,
+        connection: &mut PgConnection,
+        families: &[(Uuid, Vec<Uuid>)],
+        with_lineage: bool,
+    ) -> Result<Vec<LeadView>, StoreError> {
+        let roots: Vec<Uuid> = families.iter().map(|(root, _)| *root).collect();
+        let (member_roots, members): (Vec<Uuid>, Vec<Uuid>) = families
+            .iter()
+            .flat_map(|(root, family)| family.iter().map(move |member| (*root, *member)))
+            .unzip();
+        let rows: Vec<LeadRow> = sqlx::query_as(
+            "SELECT lead_id, data_key, email_sealed, phone_sealed, first_name_sealed, last_name_sealed, company, \
+                    source_id, channel, campaign, email_kind, email_role, phone_line_type, country, website, job_title, \
                     quality_score, touch_count, erased_at, created_at \
-             FROM capture.leads WHERE lead_id = $1",
+             FROM capture.leads WHERE lead_id = ANY($1)",
         )
-        .bind(root)
-        .fetch_optional(&mut *connection)
+        .bind(&roots)
+        .fetch_all(&mut *connection)
         .await?;
-        let Some(row) = row else {
-            return Ok(None);
-        };
-        let owner = root.as_bytes();
-        let key = self.open_key(root, row.data_key.as_deref())?;
-        let open = |field: &str, sealed: Option<Vec<u8>>| -> Result<String, StoreError> {
-            match &key {
-                Some(key) => Ok(key
-                    .open_text(owner, field, sealed.as_deref())
-                    .context("open field")?),
-                None => Ok(String::new()),
-            }
-        };
-        let email = open("email", row.email_sealed)?;
-        let phone = open("phone", row.phone_sealed)?;
-        let first_name = open("first_name", row.first_name_sealed)?;
-        let last_name = open("last_name", row.last_name_sealed)?;
-        let touches: Vec<TouchRow> = sqlx::query_as(
-            "SELECT source_id, channel, campaign, utm_source, utm_medium, utm_campaign, utm_term, utm_content, \
-                    gclid, fbclid, referrer, landing_page, captured_at \
-             FROM ((SELECT * FROM capture.touches WHERE lead_id = ANY($1) ORDER BY captured_at, touch_id LIMIT 1) \
-                   UNION ALL \
-                   (SELECT * FROM capture.touches WHERE lead_id = ANY($1) ORDER BY captured_at DESC, touch_id DESC LIMIT 1)) \
-                  AS first_and_latest ORDER BY captured_at, touch_id",
+        // The first and the latest touch of each family.
+        let touches: Vec<FamilyTouch> = sqlx::query_as(
+            "WITH family AS (SELECT * FROM UNNEST($1::uuid[], $2::uuid[]) AS f (root, lead_id)), \
+             touches AS (SELECT f.root, t.* FROM family f JOIN capture.touches t ON t.lead_id = f.lead_id) \
+             (SELECT DISTINCT ON (root) root, touch_id, source_id, channel, campaign, utm_source, utm_medium, \
+                     utm_campaign, utm_term, utm_content, gclid, fbclid, referrer, landing_page, captured_at \
+              FROM touches ORDER BY root, captured_at, touch_id) \
+             UNION ALL \
+             (SELECT DISTINCT ON (root) root, touch_id, source_id, channel, campaign, utm_source, utm_medium, \
+                     utm_campaign, utm_term, utm_content, gclid, fbclid, referrer, landing_page, captured_at \
+              FROM touches ORDER BY root, captured_at DESC, touch_id DESC)",
         )
-        .bind(family)
+        .bind(&member_roots)
+        .bind(&members)
         .fetch_all(&mut *connection)
         .await?;
         let stored: Vec<StoredConsent> = sqlx::query_as(
-            "SELECT lead_id, consent_id, channels, disclosure_text, disclosure_sha256, form_url, form_version, \
-                    ip_sealed, user_agent_sealed, legal_basis, given_at \
-             FROM capture.consents WHERE lead_id = ANY($1) ORDER BY recorded_at, consent_id",
+            "SELECT f.root, c.lead_id, c.consent_id, c.channels, c.disclosure_text, c.disclosure_sha256, c.form_url, \
+                    c.form_version, c.ip_sealed, c.user_agent_sealed, c.legal_basis, c.given_at \
+             FROM UNNEST($1::uuid[], $2::uuid[]) AS f (root, lead_id) \
+             JOIN capture.consents c ON c.lead_id = f.lead_id \
+             ORDER BY f.root, c.recorded_at, c.consent_id",
         )
-        .bind(family)
+        .bind(&member_roots)
+        .bind(&members)
         .fetch_all(&mut *connection)
         .await?;
-        let consents = self.open_consents(connection, root, key, stored).await?;
-        let merges = if with_lineage {
+        let merges: Vec<FamilyMerge> = if with_lineage {
             sqlx::query_as(
-                "SELECT merge_id, lead_id, merged_lead_id, kind, source_id, fields_filled, merged_at, unmerged_at, \
-                        review_id \
-                 FROM capture.merges WHERE lead_id = ANY($1) ORDER BY merged_at, merge_id",
+                "SELECT f.root, m.merge_id, m.lead_id, m.merged_lead_id, m.kind, m.source_id, m.fields_filled, \
+                        m.merged_at, m.unmerged_at, m.review_id \
+                 FROM UNNEST($1::uuid[], $2::uuid[]) AS f (root, lead_id) \
+                 JOIN capture.merges m ON m.lead_id = f.lead_id \
+                 ORDER BY f.root, m.merged_at, m.merge_id",
             )
-            .bind(family)
+            .bind(&member_roots)
+            .bind(&members)
             .fetch_all(&mut *connection)
             .await?
         } else {
             Vec::new()
         };
-        Ok(Some(LeadView {
-            lead_id: root,
-            email,
-            phone,
-            first_name,
-            last_name,
-            company: row.company,
-            source_id: row.source_id,
-            channel: row.channel,
-            campaign: row.campaign,
-            email_kind: row.email_kind,
-            email_role: row.email_role,
-            phone_line_type: row.phone_line_type,
-            country: row.country,
-            website: row.website,
-            job_title: row.job_title,
-            quality_score: row.quality_score,
-            touch_count: row.touch_count,
-            erased: row.erased_at.is_some(),
-            created_at: row.created_at,
-            first_touch: touches.first().cloned(),
-            latest_touch: touches.last().cloned(),
-            consents,
-            merges,
-        }))
+
+        let mut keys: HashMap<Uuid, Option<DataKey>> = HashMap::with_capacity(rows.len());
+        let mut rows: HashMap<Uuid, LeadRow> =
+            rows.into_iter().map(|row| (row.lead_id, row)).collect();
+        for (lead_id, row) in &rows {
+            keys.insert(*lead_id, self.open_key(*lead_id, row.data_key.as_deref())?);
+        }
+        let mut touches_of: HashMap<Uuid, Vec<FamilyTouch>> = HashMap::new();
+        for touch in touches {
+            touches_of.entry(touch.root).or_default().push(touch);
+        }
+        let mut consents_of = self.open_consents(connection, keys.clone(), stored).await?;
+        let mut merges_of: HashMap<Uuid, Vec<MergeRow>> = HashMap::new();
+        for merge in merges {
+            merges_of.entry(merge.root).or_default().push(merge.merge);
+        }
+
+        let mut views = Vec::with_capacity(families.len());
+        for root in roots {
+            let Some(row) = rows.remove(&root) else {
+                continue;
+            };
+            let key = keys.get(&root).and_then(Option::as_ref);
+            let owner = root.as_bytes();
+            let open = |field: &str, sealed: Option<Vec<u8>>| -> Result<String, StoreError> {
+                match key {
+                    Some(key) => Ok(key
+                        .open_text(owner, field, sealed.as_deref())
+                        .context("open field")?),
+                    None => Ok(String::new()),
+                }
+            };
+            // Two rows a family: its first touch and its latest (the same one when alone).
+            let mut touches = touches_of.remove(&root).unwrap_or_default();
+            touches.sort_by_key(|touch| (touch.touch.captured_at, touch.touch_id));
+            let mut touches: Vec<TouchRow> = touches.into_iter().map(|touch| touch.touch).collect();
+            views.push(LeadView {
+                lead_id: root,
+                email: open("email", row.email_sealed)?,
+                phone: open("phone", row.phone_sealed)?,
+                first_name: open("first_name", row.first_name_sealed)?,
+                last_name: open("last_name", row.last_name_sealed)?,
+                company: row.company,
+                source_id: row.source_id,
+                channel: row.channel,
+                campaign: row.campaign,
+                email_kind: row.email_kind,
+                email_role: row.email_role,
+                phone_line_type: row.phone_line_type,
+                country: row.country,
+                website: row.website,
+                job_title: row.job_title,
+                quality_score: row.quality_score,
+                touch_count: row.touch_count,
+                erased: row.erased_at.is_some(),
+                created_at: row.created_at,
+                first_touch: touches.first().cloned(),
+                latest_touch: touches.pop(),
+                consents: consents_of.remove(&root).unwrap_or_default(),
+                merges: merges_of.remove(&root).unwrap_or_default(),
+            });
+        }
+        Ok(views)
     }
 
     /// Unwraps the data key of row `lead_id`; `None` once erased.
@@ -206,21 +277,21 @@ impl LeadStore {
             .transpose()
     }
 
-    /// Opens consent records, each under the data key of the row it belongs to (`root`'s key
-    /// is given; those of merged rows are read).
+    /// Opens consent records, each under the data key of the row it belongs to (`keys` holds
+    /// those known; the keys of other rows are read), grouped by the lead they are part of.
     async fn open_consents(
         &self,
         connection: &mut PgConnection,
-        root: Uuid,
-        root_key: Option<DataKey>,
+        mut keys: HashMap<Uuid, Option<DataKey>>,
         stored: Vec<StoredConsent>,
-    ) -> Result<Vec<ConsentRow>, StoreError> {
-        let mut keys: HashMap<Uuid, Option<DataKey>> = HashMap::from([(root, root_key)]);
-        let others: Vec<Uuid> = stored
+    ) -> Result<HashMap<Uuid, Vec<ConsentRow>>, StoreError> {
+        let mut others: Vec<Uuid> = stored
             .iter()
             .map(|consent| consent.lead_id)
             .filter(|lead_id| !keys.contains_key(lead_id))
             .collect();
+        others.sort_unstable();
+        others.dedup();
         if !others.is_empty() {
             let wrapped: Vec<(Uuid, Option<Vec<u8>>)> = sqlx::query_as(
                 "SELECT lead_id, data_key FROM capture.leads WHERE lead_id = ANY($1)",
@@ -232,7 +303,7 @@ impl LeadStore {
                 keys.insert(lead_id, self.open_key(lead_id, wrapped.as_deref())?);
             }
         }
-        let mut consents = Vec::with_capacity(stored.len());
+        let mut consents: HashMap<Uuid, Vec<ConsentRow>> = HashMap::new();
         for consent in stored {
             let consent_owner = consent.consent_id.as_bytes();
             let (ip_address, user_agent) = match keys.get(&consent.lead_id).and_then(Option::as_ref)
@@ -249,7 +320,7 @@ impl LeadStore {
                 ),
                 None => (String::new(), String::new()),
             };
-            consents.push(ConsentRow {
+            consents.entry(consent.root).or_default().push(ConsentRow {
                 consent_id: consent.consent_id,
                 channels: consent.channels,
                 disclosure_text: consent.disclosure_text,
@@ -283,13 +354,25 @@ impl LeadStore {
         .bind(i64::from(page_size))
         .fetch_all(&self.pool)
         .await?;
+        let roots: Vec<Uuid> = ids.iter().map(|(lead_id,)| *lead_id).collect();
         let mut connection = self.pool.acquire().await?;
-        let mut leads = Vec::with_capacity(ids.len());
-        for (lead_id,) in &ids {
-            if let Some(view) = self.view(&mut connection, *lead_id).await? {
-                leads.push(view);
-            }
-        }
+        // Every listed lead is a root (not merged); its family is it and what merged into it.
+        let families: Vec<(Uuid, Vec<Uuid>)> = sqlx::query_as(
+            "WITH RECURSIVE family AS ( \
+               SELECT r.root, r.root AS lead_id FROM UNNEST($1::uuid[]) AS r (root) \
+               UNION ALL \
+               SELECT f.root, l.lead_id FROM capture.leads l JOIN family f ON l.merged_into = f.lead_id) \
+             SELECT root, array_agg(lead_id) FROM family GROUP BY root",
+        )
+        .bind(&roots)
+        .fetch_all(&mut *connection)
+        .await?;
+        let mut families: HashMap<Uuid, Vec<Uuid>> = families.into_iter().collect();
+        let families: Vec<(Uuid, Vec<Uuid>)> = roots
+            .iter()
+            .filter_map(|root| families.remove(root).map(|family| (*root, family)))
+            .collect();
+        let leads = self.view_families(&mut connection, &families, true).await?;
         let next = (ids.len() == usize::try_from(page_size).unwrap_or_default())
             .then(|| ids.last().map(|(lead_id,)| *lead_id))
             .flatten();
