@@ -3,8 +3,8 @@
 //! A rejected capture stores nothing, so its answer does not wait for its event: the event is
 //! queued in process and a writer adds queued events to the outbox in batches (one statement
 //! and one commit for the events queued within 10 ms of the first, or while the previous
-//! batch was written). The queue is
-//! bounded: when the database is slow or down, rejections wait for room rather than pile up.
+//! batch was written). The queue is bounded: when the database is slow or down, rejections
+//! wait for room rather than pile up.
 //!
 //! On shutdown the writer closes the queue and writes what it holds; a rejection answered
 //! after that writes its own event. What a crash (not a shutdown) can lose is the events

@@ -14,8 +14,8 @@ use tonic_types::StatusExt;
 
 use crate::support::{Client, capture_of, person};
 
-/// The wait `status` tells the caller to keep, checked to be a refusal over a rate.
-fn retry_delay(status: &Status) -> Duration {
+/// Checks that `status` refuses a call over a rate and says how long to wait.
+fn assert_over_rate(status: &Status) {
     assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
     let retry = status
         .get_details_retry_info()
@@ -25,7 +25,6 @@ fn retry_delay(status: &Status) -> Duration {
         delay > Duration::ZERO && delay <= Duration::from_secs(60),
         "a budget of a few calls a minute refills within the minute: {delay:?}"
     );
-    delay
 }
 
 /// A capture of a new person through `source`.
@@ -73,7 +72,7 @@ async fn a_source_over_its_rate_is_refused_with_retry_info_and_others_keep_their
         .capture_lead(capture_through("slow-vendor", 2))
         .await
         .expect_err("the third capture within the minute is over the source's rate");
-    retry_delay(&refused);
+    assert_over_rate(&refused);
     assert_eq!(
         suite.stored_leads().await?,
         2,
@@ -111,13 +110,13 @@ async fn a_key_over_its_rate_is_refused_with_retry_info_and_other_keys_keep_thei
         .capture_lead(capture_through(WEBSITE_SOURCE, 3))
         .await
         .expect_err("the fourth capture within the minute is over the key's rate");
-    retry_delay(&refused);
+    assert_over_rate(&refused);
     // An invalid request over the rate is refused for the rate, before it is read.
     let invalid = busy
         .capture_lead(capture_of(person("not-an-email", "")))
         .await
         .expect_err("still over the rate");
-    retry_delay(&invalid);
+    assert_over_rate(&invalid);
     assert_eq!(
         suite.stored_leads().await?,
         3,
@@ -140,7 +139,7 @@ async fn a_key_over_its_rate_is_refused_with_retry_info_and_other_keys_keep_thei
         .record_activity(anonymous_visit())
         .await
         .expect_err("the fourth activity within the minute is over the key's rate");
-    retry_delay(&refused);
+    assert_over_rate(&refused);
     let mut db = suite.env.connect().await?;
     let (activities,): (i64,) = sqlx::query_as("SELECT count(*) FROM capture.activities")
         .fetch_one(&mut db)

@@ -26,6 +26,11 @@ pub struct Consent {
 }
 
 impl Consent {
+    /// Returns the client IP address as recorded, empty when none was given.
+    pub fn ip_text(&self) -> String {
+        self.ip_address.map(|ip| ip.to_string()).unwrap_or_default()
+    }
+
     /// Returns the channel names (`email`, `sms`, `call`).
     pub fn channel_names(&self) -> Vec<String> {
         self.channels

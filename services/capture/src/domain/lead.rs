@@ -259,6 +259,36 @@ impl NewLead {
         })
     }
 
+    /// Returns the normalized email address, empty when none.
+    pub fn email_address(&self) -> &str {
+        self.email.as_ref().map_or("", |email| &email.address)
+    }
+
+    /// Returns the E.164 phone number, empty when none.
+    pub fn phone_e164(&self) -> &str {
+        self.phone.as_ref().map_or("", |phone| &phone.e164)
+    }
+
+    /// Returns the email domain's kind as stored: `none` without an email.
+    pub fn email_kind_name(&self) -> &'static str {
+        self.email
+            .as_ref()
+            .map_or("none", |email| email.kind.as_str())
+    }
+
+    /// Returns whether the email is a role address (`sales@`, …).
+    pub fn email_role(&self) -> bool {
+        self.email.as_ref().is_some_and(|email| email.role)
+    }
+
+    /// Returns the phone's line type as stored: empty when unknown or without a phone.
+    pub fn phone_line_type(&self) -> &'static str {
+        self.phone
+            .as_ref()
+            .and_then(|phone| phone.line_type)
+            .unwrap_or_default()
+    }
+
     /// Returns the country of the person: the given one, else the phone's region.
     pub fn effective_country(&self) -> Option<&str> {
         if !self.country.is_empty() {

@@ -717,14 +717,9 @@ impl LeadStore {
                     ..NewRow::lead(email_bidx, phone_bidx)
                 };
                 let (lead_id, key, created_at) = self.insert_lead(tx, source, request, row).await?;
-                let touch = self
-                    .insert_touch(tx, lead_id, source, request, created_at)
-                    .await?;
-                let consent = match &request.consent {
-                    Some(consent) => Some(
-                        self.insert_consent(tx, lead_id, &key, consent, created_at)
-                            .await?,
-                    ),
+                self.insert_touch(tx, lead_id, source, request).await?;
+                let consent_id = match &request.consent {
+                    Some(consent) => Some(self.insert_consent(tx, lead_id, &key, consent).await?),
                     None => None,
                 };
                 if let Some(visitor_id) = request.lead.visitor_id {
@@ -732,7 +727,7 @@ impl LeadStore {
                 }
                 // Answered from what was just written rather than read back: every value
                 // is one this transaction stored, and its `now()` is `created_at`.
-                let lead = new_lead_view(lead_id, source, request, created_at, touch, consent);
+                let lead = new_lead_view(lead_id, source, request, created_at, consent_id);
                 let captured = Captured {
                     outcome: Outcome::Created,
                     lead,
@@ -782,12 +777,10 @@ impl LeadStore {
             merged_into: Some(existing.lead_id),
             ..NewRow::lead(email_bidx, phone_bidx)
         };
-        let (record_id, record_key, recorded_at) =
-            self.insert_lead(tx, source, request, row).await?;
-        self.insert_touch(tx, record_id, source, request, recorded_at)
-            .await?;
+        let (record_id, record_key, _) = self.insert_lead(tx, source, request, row).await?;
+        self.insert_touch(tx, record_id, source, request).await?;
         if let Some(consent) = &request.consent {
-            self.insert_consent(tx, record_id, &record_key, consent, recorded_at)
+            self.insert_consent(tx, record_id, &record_key, consent)
                 .await?;
         }
         let incoming = Incoming::capture(record_id, source, request, email_bidx, phone_bidx);
@@ -837,14 +830,14 @@ impl LeadStore {
         .bind(wrapped)
         .bind(row.email_digest.filter(|_| row.claim_email))
         .bind(row.phone_digest.filter(|_| row.claim_phone))
-        .bind(seal("email", lead.email.as_ref().map_or("", |email| &email.address))?)
-        .bind(seal("phone", lead.phone.as_ref().map_or("", |phone| &phone.e164))?)
+        .bind(seal("email", lead.email_address())?)
+        .bind(seal("phone", lead.phone_e164())?)
         .bind(seal("first_name", &lead.first_name)?)
         .bind(seal("last_name", &lead.last_name)?)
-        .bind(lead.email.as_ref().map_or("none", |email| email.kind.as_str()))
-        .bind(lead.email.as_ref().is_some_and(|email| email.role))
+        .bind(lead.email_kind_name())
+        .bind(lead.email_role())
         .bind(lead.phone.as_ref().and_then(|phone| phone.region.as_deref()).unwrap_or_default())
-        .bind(lead.phone.as_ref().and_then(|phone| phone.line_type).unwrap_or_default())
+        .bind(lead.phone_line_type())
         .bind(&lead.company)
         .bind(&lead.country)
         .bind(&lead.website)
@@ -986,8 +979,7 @@ impl LeadStore {
         lead_id: Uuid,
         source: &SourcePolicy,
         request: &CaptureRequest,
-        now: DateTime<Utc>,
-    ) -> Result<TouchRow, StoreError> {
+    ) -> Result<(), StoreError> {
         let attribution = &request.attribution;
         sqlx::query(
             "INSERT INTO capture.touches (touch_id, lead_id, source_id, channel, campaign, utm_source, utm_medium, \
@@ -1011,22 +1003,7 @@ impl LeadStore {
         .execute(&mut *tx)
         .await
         .context("insert touch")?;
-        // `captured_at` defaults to `now()`: the transaction's time, `now`.
-        Ok(TouchRow {
-            source_id: source.source_id.clone(),
-            channel: request.lead.channel.clone(),
-            campaign: request.lead.campaign.clone(),
-            utm_source: attribution.utm_source.clone(),
-            utm_medium: attribution.utm_medium.clone(),
-            utm_campaign: attribution.utm_campaign.clone(),
-            utm_term: attribution.utm_term.clone(),
-            utm_content: attribution.utm_content.clone(),
-            gclid: attribution.gclid.clone(),
-            fbclid: attribution.fbclid.clone(),
-            referrer: attribution.referrer.clone(),
-            landing_page: attribution.landing_page.clone(),
-            captured_at: now,
-        })
+        Ok(())
     }
 
     async fn insert_consent(
@@ -1035,14 +1012,10 @@ impl LeadStore {
         lead_id: Uuid,
         key: &DataKey,
         consent: &Consent,
-        now: DateTime<Utc>,
-    ) -> Result<ConsentRow, StoreError> {
+    ) -> Result<Uuid, StoreError> {
         let consent_id = Uuid::now_v7();
         let owner = consent_id.as_bytes();
-        let ip = consent
-            .ip_address
-            .map(|ip| ip.to_string())
-            .unwrap_or_default();
+        let ip = consent.ip_text();
         sqlx::query(
             "INSERT INTO capture.consents (consent_id, lead_id, channels, disclosure_text, disclosure_sha256, \
                form_url, form_version, ip_sealed, user_agent_sealed, legal_basis, given_at) \
@@ -1062,19 +1035,7 @@ impl LeadStore {
         .execute(&mut *tx)
         .await
         .context("insert consent")?;
-        Ok(ConsentRow {
-            consent_id,
-            channels: consent.channel_names(),
-            disclosure_text: consent.disclosure_text.clone(),
-            disclosure_sha256: consent.disclosure_sha256.clone(),
-            form_url: consent.form_url.clone(),
-            form_version: consent.form_version.clone(),
-            ip_address: ip,
-            user_agent: consent.user_agent.clone(),
-            legal_basis: consent.legal_basis.as_str_name().to_owned(),
-            // `COALESCE($11, now())`: the transaction's time when none was given.
-            given_at: consent.given_at.unwrap_or(now),
-        })
+        Ok(consent_id)
     }
 
     fn captured_event(&self, lead_id: Uuid, request: &CaptureRequest) -> LeadCaptured {
@@ -1326,48 +1287,64 @@ impl LeadStore {
     }
 }
 
-/// The view of lead `lead_id` just stored by a capture of `request` through `source` at
-/// `created_at`, with its one touch and its consent record: what reading it back in the same
-/// transaction would return (see `read.rs`), without the three reads.
+/// The view of lead `lead_id` just stored by a capture of `request` through `source`, whose
+/// transaction's `now()` is `created_at` (the touch's `captured_at` and a consent's default
+/// `given_at` too), with consent record `consent_id` when it carried one: what reading it back
+/// (`read.rs`) would return, without the reads.
 fn new_lead_view(
     lead_id: Uuid,
     source: &SourcePolicy,
     request: &CaptureRequest,
     created_at: DateTime<Utc>,
-    touch: TouchRow,
-    consent: Option<ConsentRow>,
+    consent_id: Option<Uuid>,
 ) -> LeadView {
     let lead = &request.lead;
+    let attribution = &request.attribution;
+    let touch = TouchRow {
+        source_id: source.source_id.clone(),
+        channel: lead.channel.clone(),
+        campaign: lead.campaign.clone(),
+        utm_source: attribution.utm_source.clone(),
+        utm_medium: attribution.utm_medium.clone(),
+        utm_campaign: attribution.utm_campaign.clone(),
+        utm_term: attribution.utm_term.clone(),
+        utm_content: attribution.utm_content.clone(),
+        gclid: attribution.gclid.clone(),
+        fbclid: attribution.fbclid.clone(),
+        referrer: attribution.referrer.clone(),
+        landing_page: attribution.landing_page.clone(),
+        captured_at: created_at,
+    };
+    let consents = request
+        .consent
+        .iter()
+        .zip(consent_id)
+        .map(|(consent, consent_id)| ConsentRow {
+            consent_id,
+            channels: consent.channel_names(),
+            disclosure_text: consent.disclosure_text.clone(),
+            disclosure_sha256: consent.disclosure_sha256.clone(),
+            form_url: consent.form_url.clone(),
+            form_version: consent.form_version.clone(),
+            ip_address: consent.ip_text(),
+            user_agent: consent.user_agent.clone(),
+            legal_basis: consent.legal_basis.as_str_name().to_owned(),
+            given_at: consent.given_at.unwrap_or(created_at),
+        })
+        .collect();
     LeadView {
         lead_id,
-        email: lead
-            .email
-            .as_ref()
-            .map(|email| email.address.clone())
-            .unwrap_or_default(),
-        phone: lead
-            .phone
-            .as_ref()
-            .map(|phone| phone.e164.clone())
-            .unwrap_or_default(),
+        email: lead.email_address().to_owned(),
+        phone: lead.phone_e164().to_owned(),
         first_name: lead.first_name.clone(),
         last_name: lead.last_name.clone(),
         company: lead.company.clone(),
         source_id: source.source_id.clone(),
         channel: lead.channel.clone(),
         campaign: lead.campaign.clone(),
-        email_kind: lead
-            .email
-            .as_ref()
-            .map_or("none", |email| email.kind.as_str())
-            .to_owned(),
-        email_role: lead.email.as_ref().is_some_and(|email| email.role),
-        phone_line_type: lead
-            .phone
-            .as_ref()
-            .and_then(|phone| phone.line_type)
-            .unwrap_or_default()
-            .to_owned(),
+        email_kind: lead.email_kind_name().to_owned(),
+        email_role: lead.email_role(),
+        phone_line_type: lead.phone_line_type().to_owned(),
         country: lead.country.clone(),
         website: lead.website.clone(),
         job_title: lead.job_title.clone(),
@@ -1377,7 +1354,7 @@ fn new_lead_view(
         created_at,
         first_touch: Some(touch.clone()),
         latest_touch: Some(touch),
-        consents: consent.into_iter().collect(),
+        consents,
         merges: Vec::new(),
     }
 }

@@ -301,10 +301,7 @@ impl LeadStore {
             Some(consent) => {
                 let consent_id = Uuid::now_v7();
                 let owner = consent_id.as_bytes();
-                let ip = consent
-                    .ip_address
-                    .map(|ip| ip.to_string())
-                    .unwrap_or_default();
+                let ip = consent.ip_text();
                 Some(SealedConsent {
                     consent_id,
                     ip_address: key.seal_text(owner, "ip_address", &ip).context("seal ip")?,
@@ -318,11 +315,8 @@ impl LeadStore {
         Ok(Sealed {
             row_id,
             identities: self.identities(request),
-            email: seal(
-                "email",
-                lead.email.as_ref().map_or("", |email| &email.address),
-            )?,
-            phone: seal("phone", lead.phone.as_ref().map_or("", |phone| &phone.e164))?,
+            email: seal("email", lead.email_address())?,
+            phone: seal("phone", lead.phone_e164())?,
             first_name: seal("first_name", &lead.first_name)?,
             last_name: seal("last_name", &lead.last_name)?,
             consent,
@@ -694,26 +688,15 @@ impl LeadStore {
             leads.phone_sealed.push(sealed.phone.clone());
             leads.first_name_sealed.push(sealed.first_name.clone());
             leads.last_name_sealed.push(sealed.last_name.clone());
-            leads.email_kind.push(
-                lead.email
-                    .as_ref()
-                    .map_or("none", |email| email.kind.as_str()),
-            );
-            leads
-                .email_role
-                .push(lead.email.as_ref().is_some_and(|email| email.role));
+            leads.email_kind.push(lead.email_kind_name());
+            leads.email_role.push(lead.email_role());
             leads.phone_region.push(
                 lead.phone
                     .as_ref()
                     .and_then(|phone| phone.region.clone())
                     .unwrap_or_default(),
             );
-            leads.phone_line_type.push(
-                lead.phone
-                    .as_ref()
-                    .and_then(|phone| phone.line_type)
-                    .unwrap_or_default(),
-            );
+            leads.phone_line_type.push(lead.phone_line_type());
             leads.company.push(lead.company.clone());
             leads.country.push(lead.country.clone());
             leads.website.push(lead.website.clone());

@@ -88,7 +88,8 @@ impl LeadStore {
         let Some((root, family)) = self.family(connection, lead_id).await? else {
             return Ok(None);
         };
-        self.view_family(connection, root, &family, true).await
+        let mut views = self.view_families(connection, &[(root, family)]).await?;
+        Ok(views.pop())
     }
 
     /// Returns the lead `lead_id` belongs to (itself when not merged) and that lead's family:
@@ -116,29 +117,13 @@ impl LeadStore {
         Ok(root.map(|root| (root, family)))
     }
 
-    /// Returns lead `root` with the history of its `family`; `with_lineage` reads its merges.
-    pub(super) async fn view_family(
-        &self,
-        connection: &mut PgConnection,
-        root: Uuid,
-        family: &[Uuid],
-        with_lineage: bool,
-    ) -> Result<Option<LeadView>, StoreError> {
-        let family = family.to_vec();
-        let mut views = self
-            .view_families(connection, &[(root, family)], with_lineage)
-            .await?;
-        Ok(views.pop())
-    }
-
     /// Returns each lead `root` with the history of its family (itself and every row merged
-    /// into it), in the order given, leaving out a root that does not exist; `with_lineage`
-    /// reads their merges. One statement per table, however many leads.
+    /// into it) and its lineage, in the order given, leaving out a root that does not exist.
+    /// One statement per table, however many leads.
     pub(super) async fn view_families(
         &self,
         connection: &mut PgConnection,
         families: &[(Uuid, Vec<Uuid>)],
-        with_lineage: bool,
     ) -> Result<Vec<LeadView>, StoreError> {
         let roots: Vec<Uuid> = families.iter().map(|(root, _)| *root).collect();
         let (member_roots, members): (Vec<Uuid>, Vec<Uuid>) = families
@@ -181,21 +166,17 @@ impl LeadStore {
         .bind(&members)
         .fetch_all(&mut *connection)
         .await?;
-        let merges: Vec<FamilyMerge> = if with_lineage {
-            sqlx::query_as(
-                "SELECT f.root, m.merge_id, m.lead_id, m.merged_lead_id, m.kind, m.source_id, m.fields_filled, \
-                        m.merged_at, m.unmerged_at, m.review_id \
-                 FROM UNNEST($1::uuid[], $2::uuid[]) AS f (root, lead_id) \
-                 JOIN capture.merges m ON m.lead_id = f.lead_id \
-                 ORDER BY f.root, m.merged_at, m.merge_id",
-            )
-            .bind(&member_roots)
-            .bind(&members)
-            .fetch_all(&mut *connection)
-            .await?
-        } else {
-            Vec::new()
-        };
+        let merges: Vec<FamilyMerge> = sqlx::query_as(
+            "SELECT f.root, m.merge_id, m.lead_id, m.merged_lead_id, m.kind, m.source_id, m.fields_filled, \
+                    m.merged_at, m.unmerged_at, m.review_id \
+             FROM UNNEST($1::uuid[], $2::uuid[]) AS f (root, lead_id) \
+             JOIN capture.merges m ON m.lead_id = f.lead_id \
+             ORDER BY f.root, m.merged_at, m.merge_id",
+        )
+        .bind(&member_roots)
+        .bind(&members)
+        .fetch_all(&mut *connection)
+        .await?;
 
         let mut keys: HashMap<Uuid, Option<DataKey>> = HashMap::with_capacity(rows.len());
         let mut rows: HashMap<Uuid, LeadRow> =
@@ -207,7 +188,7 @@ impl LeadStore {
         for touch in touches {
             touches_of.entry(touch.root).or_default().push(touch);
         }
-        let mut consents_of = self.open_consents(connection, keys.clone(), stored).await?;
+        let mut consents_of = self.open_consents(connection, &mut keys, stored).await?;
         let mut merges_of: HashMap<Uuid, Vec<MergeRow>> = HashMap::new();
         for merge in merges {
             merges_of.entry(merge.root).or_default().push(merge.merge);
@@ -278,11 +259,12 @@ impl LeadStore {
     }
 
     /// Opens consent records, each under the data key of the row it belongs to (`keys` holds
-    /// those known; the keys of other rows are read), grouped by the lead they are part of.
+    /// those known; the keys of other rows are read into it), grouped by the lead they are
+    /// part of.
     async fn open_consents(
         &self,
         connection: &mut PgConnection,
-        mut keys: HashMap<Uuid, Option<DataKey>>,
+        keys: &mut HashMap<Uuid, Option<DataKey>>,
         stored: Vec<StoredConsent>,
     ) -> Result<HashMap<Uuid, Vec<ConsentRow>>, StoreError> {
         let mut others: Vec<Uuid> = stored
@@ -372,7 +354,7 @@ impl LeadStore {
             .iter()
             .filter_map(|root| families.remove(root).map(|family| (*root, family)))
             .collect();
-        let leads = self.view_families(&mut connection, &families, true).await?;
+        let leads = self.view_families(&mut connection, &families).await?;
         let next = (ids.len() == usize::try_from(page_size).unwrap_or_default())
             .then(|| ids.last().map(|(lead_id,)| *lead_id))
             .flatten();
