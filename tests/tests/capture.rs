@@ -3,12 +3,15 @@
 //! import`), idempotent retries (I2), personal data sealed, masked and erased (I8, R13), the
 //! merge review queue and unmerge, returns, source rules, consent evidence, the auth matrix
 //! (R12), rotation of the key-encryption key of personal data, and activity tracking
-//! (`RecordActivity`, visitors linked by captures), and rate limits per source and per key.
+//! (`RecordActivity`, visitors linked by captures, `ListActivities`, activities given back by
+//! `UnmergeLead`), and rate limits per source and per key.
 //!
 //! Direct SQL only asserts what is stored; Redis `XRANGE` only asserts what was published.
 
 #[path = "capture/activity.rs"]
 mod activity;
+#[path = "capture/activity_history.rs"]
+mod activity_history;
 #[path = "capture/auth.rs"]
 mod auth;
 #[path = "capture/idempotency.rs"]

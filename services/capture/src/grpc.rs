@@ -3,7 +3,7 @@
 pub mod convert;
 
 use leadflow_platform::auth::{Authenticator, Caller, Scope};
-use leadflow_platform::validation::{FieldViolations, require_uuid};
+use leadflow_platform::validation::{FieldViolations, parse_uuid, require_uuid};
 use leadflow_proto::capture::v1::capture_service_server::CaptureService;
 use leadflow_proto::capture::v1::*;
 use std::pin::Pin;
@@ -303,6 +303,39 @@ impl CaptureService for CaptureApi {
             .record_activity(&origin, request.get_ref(), true)
             .await?;
         Ok(Response::new(answer))
+    }
+
+    #[tracing::instrument(skip_all, fields(lead_id))]
+    async fn list_activities(
+        &self,
+        request: Request<ListActivitiesRequest>,
+    ) -> Result<Response<ListActivitiesResponse>, Status> {
+        let caller = caller(&request, Scope::LeadsRead)?;
+        let request = request.into_inner();
+        let mut violations = FieldViolations::new();
+        let lead_id = parse_uuid(&mut violations, "lead_id", &request.lead_id);
+        let page_size = page_size(&mut violations, request.page_size);
+        let after = page_token(&mut violations, &request.page_token);
+        let Some(lead_id) = lead_id.filter(|_| violations.is_empty()) else {
+            return Err(violations.into_status("request rejected"));
+        };
+        tracing::Span::current().record("lead_id", tracing::field::display(lead_id));
+        let (lead_id, activities, next) = self
+            .capturer
+            .leads()
+            .list_activities(lead_id, page_size, after)
+            .await
+            .map_err(CaptureError::from)?
+            .ok_or(CaptureError::Store(StoreError::NotFound))?;
+        let unmask = caller.has(Scope::PiiRead);
+        Ok(Response::new(ListActivitiesResponse {
+            lead_id: lead_id.to_string(),
+            activities: activities
+                .into_iter()
+                .map(|activity| convert::activity(activity, unmask))
+                .collect(),
+            next_page_token: next.map(|id| id.to_string()).unwrap_or_default(),
+        }))
     }
 
     #[tracing::instrument(skip_all)]

@@ -12,8 +12,8 @@ use leadflow_proto::analytics::v1::GetFunnelRequest;
 use leadflow_proto::analytics::v1::analytics_service_client::AnalyticsServiceClient;
 use leadflow_proto::capture::v1::capture_service_client::CaptureServiceClient;
 use leadflow_proto::capture::v1::{
-    ActivityKind, CaptureLeadRequest, EraseLeadRequest, LeadInput, ListLeadsRequest,
-    RecordActivityRequest,
+    ActivityKind, CaptureLeadRequest, EraseLeadRequest, LeadInput, ListActivitiesRequest,
+    ListLeadsRequest, RecordActivityRequest,
 };
 use leadflow_proto::capture::v1::{
     ConsentChannel, ConsentInput, CreateApiKeyRequest, CreateSourceRequest, DedupeMode,
@@ -194,6 +194,13 @@ enum Command {
     /// Record what a person did (a page visit, a download, a webinar, …) and print its id and
     /// outcome; name the person by --lead-id, --visitor-id, or --email and/or --phone.
     Activity(ActivityArgs),
+    /// List what a lead did, newest first.
+    Activities {
+        /// The lead's id (or a row merged into it)
+        lead_id: String,
+        #[arg(long, default_value_t = 20)]
+        limit: i32,
+    },
     /// Record a reply from a lead (two-way contact).
     Reply {
         /// The lead's id
@@ -521,6 +528,57 @@ async fn main() -> anyhow::Result<()> {
                 println!("{} {outcome} {}", recorded.activity_id, recorded.lead_id);
             }
         }
+        Command::Activities { lead_id, limit } => {
+            let page = cli
+                .endpoints
+                .capture()
+                .await?
+                .list_activities(ListActivitiesRequest {
+                    lead_id,
+                    page_size: limit,
+                    page_token: String::new(),
+                })
+                .await
+                .map_err(describe)?
+                .into_inner();
+            println!("lead {}", page.lead_id);
+            let mut table = Table::new();
+            table.set_header([
+                "occurred at",
+                "kind",
+                "what",
+                "source",
+                "through",
+                "activity id",
+            ]);
+            for activity in page.activities {
+                let kind = activity
+                    .kind()
+                    .as_str_name()
+                    .trim_start_matches("ACTIVITY_KIND_")
+                    .to_lowercase()
+                    .replace('_', "-");
+                let what = [&activity.name, &activity.asset, &activity.url]
+                    .into_iter()
+                    .find(|text| !text.is_empty())
+                    .cloned()
+                    .unwrap_or_default();
+                let through = if activity.anonymous {
+                    format!("{} (linked browser)", activity.record_id)
+                } else {
+                    activity.record_id
+                };
+                table.add_row([
+                    activity.occurred_at.map(format_time).unwrap_or_default(),
+                    kind,
+                    what,
+                    activity.source,
+                    through,
+                    activity.activity_id,
+                ]);
+            }
+            println!("{table}");
+        }
         Command::Reply { lead_id, text } => {
             let mut client = MessagingServiceClient::new(
                 cli.endpoints.channel(&cli.endpoints.messaging_url).await?,
@@ -814,6 +872,13 @@ async fn check_health(url: &str) -> String {
         Ok(response) => response.into_inner().status().as_str_name().to_owned(),
         Err(status) => format!("{:?}", status.code()),
     }
+}
+
+/// Formats a timestamp as RFC 3339 in UTC, to the second.
+fn format_time(at: leadflow_proto::prost_types::Timestamp) -> String {
+    chrono::DateTime::from_timestamp(at.seconds, 0)
+        .map(|at| at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
+        .unwrap_or_default()
 }
 
 async fn health(endpoints: &Endpoints, wait_seconds: u64) -> anyhow::Result<()> {

@@ -1,7 +1,8 @@
 //! Activity tracking through `RecordActivity`: a lead named by id, email, phone or visitor id;
 //! a visitor's anonymous activity handed to the lead a capture links it to, emitted then;
 //! idempotent retries; every bad field named; unknown people not found; merged leads resolved
-//! to the surviving lead; erased people forgotten by their browsers; imports and `leadctl`.
+//! to the surviving lead; erased people forgotten by their browsers; imports and `leadctl`
+//! (recording and listing).
 
 use leadflow_e2e::{Suite, WEBSITE_SOURCE};
 use leadflow_proto::capture::v1::{
@@ -931,6 +932,31 @@ async fn leadctl_records_an_activity() -> anyhow::Result<()> {
     .await?
     .1;
     assert_eq!(event.asset, "Spring launch webinar");
+
+    // And lists it.
+    let output = tokio::process::Command::new(leadflow_e2e::binary_path("leadctl")?)
+        .args(["activities", lead_id.as_str()])
+        .env(
+            "LEADCTL_CAPTURE_URL",
+            suite.services[&leadflow_e2e::Service::Capture].url(),
+        )
+        .env("LEADCTL_API_KEY", &suite.admin_key)
+        .output()
+        .await?;
+    let listed = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "leadctl activities failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(listed.starts_with(&format!("lead {lead_id}\n")), "{listed}");
+    let row = listed
+        .lines()
+        .find(|line| line.contains(words[0]))
+        .unwrap_or_else(|| panic!("activity {} not listed: {listed}", words[0]));
+    for shown in ["webinar-attended", "Spring launch webinar", WEBSITE_SOURCE] {
+        assert!(row.contains(shown), "{shown} not in {row}");
+    }
     Ok(())
 }
 

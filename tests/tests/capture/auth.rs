@@ -19,7 +19,7 @@ use tonic_health::pb::health_check_response::ServingStatus;
 const SERVICE: &str = "leadflow.capture.v1.CaptureService";
 
 /// What the proto documents for each RPC: the table must agree.
-const DOCUMENTED: [(&str, Scope); 13] = [
+const DOCUMENTED: [(&str, Scope); 14] = [
     ("CaptureLead", Scope::LeadsWrite),
     ("ImportLeads", Scope::LeadsWrite),
     ("GetLead", Scope::LeadsRead),
@@ -27,6 +27,7 @@ const DOCUMENTED: [(&str, Scope); 13] = [
     ("EraseLead", Scope::Admin),
     ("ReturnLead", Scope::LeadsWrite),
     ("RecordActivity", Scope::LeadsWrite),
+    ("ListActivities", Scope::LeadsRead),
     ("CreateSource", Scope::Admin),
     ("UpdateSource", Scope::Admin),
     ("ListSources", Scope::Admin),

@@ -60,6 +60,10 @@ pub const RPC_ACCESS: &[(&str, Access)] = &[
     ),
     ("/leadflow.capture.v1.CaptureService/GetLead", LEADS_READ),
     ("/leadflow.capture.v1.CaptureService/ListLeads", LEADS_READ),
+    (
+        "/leadflow.capture.v1.CaptureService/ListActivities",
+        LEADS_READ,
+    ),
     ("/leadflow.capture.v1.CaptureService/EraseLead", ADMIN),
     ("/leadflow.capture.v1.CaptureService/UnmergeLead", ADMIN),
     (

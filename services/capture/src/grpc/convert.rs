@@ -3,12 +3,13 @@
 use chrono::{DateTime, Utc};
 use leadflow_platform::auth::StoredKeyInfo;
 use leadflow_proto::capture::v1::{
-    ApiKey, Attribution, ConsentChannel, ConsentRecord, EmailKind, Lead, LegalBasis, Merge,
-    MergeKind, MergeReview as MergeReviewProto, MergeReviewReason, MergeReviewStatus, Source,
-    Touch,
+    Activity, ActivityKind, ApiKey, Attribution, ConsentChannel, ConsentRecord, EmailKind, Lead,
+    LegalBasis, Merge, MergeKind, MergeReview as MergeReviewProto, MergeReviewReason,
+    MergeReviewStatus, Source, Touch,
 };
 
-use crate::store::leads::{MergeReview, MergeRow};
+use crate::domain::activity::kind_from_name;
+use crate::store::leads::{ListedActivity, MergeReview, MergeRow};
 use crate::store::sources::StoredSource;
 use crate::store::{ConsentRow, LeadView, TouchRow};
 
@@ -91,6 +92,25 @@ fn consent(row: ConsentRow, unmask: bool) -> ConsentRecord {
             .unwrap_or_default()
             .into(),
         given_at: Some(timestamp(row.given_at)),
+    }
+}
+
+/// Returns the protobuf activity; its page title masked unless `unmask`.
+pub fn activity(row: ListedActivity, unmask: bool) -> Activity {
+    let kind = kind_from_name(&row.kind).unwrap_or(ActivityKind::Unspecified);
+    Activity {
+        activity_id: row.activity_id.to_string(),
+        kind: kind.into(),
+        name: row.name,
+        asset: row.asset,
+        url: row.url,
+        title: if unmask { row.title } else { mask(&row.title) },
+        source: row.source_id,
+        occurred_at: Some(timestamp(row.occurred_at)),
+        recorded_at: Some(timestamp(row.recorded_at)),
+        anonymous: row.anonymous,
+        linked_at: row.linked_at.map(timestamp),
+        record_id: row.record_id.map(|id| id.to_string()).unwrap_or_default(),
     }
 }
 

@@ -27,7 +27,7 @@ mod batch;
 mod lineage;
 mod read;
 
-pub use activity::{Recorded, StoredActivity};
+pub use activity::{ActivityPage, ListedActivity, Recorded, StoredActivity};
 pub use batch::{BatchRow, Batched, Sealed};
 pub use lineage::{MergeReview, Resolution, Resolved, ReviewReason};
 
@@ -723,7 +723,7 @@ impl LeadStore {
                     None => None,
                 };
                 if let Some(visitor_id) = request.lead.visitor_id {
-                    self.link_visitor(tx, visitor_id, lead_id).await?;
+                    self.link_visitor(tx, visitor_id, lead_id, lead_id).await?;
                 }
                 // Answered from what was just written rather than read back: every value
                 // is one this transaction stored, and its `now()` is `created_at`.
@@ -786,7 +786,8 @@ impl LeadStore {
         let incoming = Incoming::capture(record_id, source, request, email_bidx, phone_bidx);
         let merge_id = self.fold(tx, existing, &key, &incoming, review_id).await?;
         if let Some(visitor_id) = request.lead.visitor_id {
-            self.link_visitor(tx, visitor_id, existing.lead_id).await?;
+            self.link_visitor(tx, visitor_id, record_id, existing.lead_id)
+                .await?;
         }
         let lead = self
             .view(tx, existing.lead_id)

@@ -45,11 +45,37 @@ pub struct StoredActivity {
 /// Who an activity is for, once the person is found.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Owner {
-    Lead(Uuid),
+    /// The surviving lead `lead`, named through its family's row `record` (the lead itself, or
+    /// a record merged into it).
+    Lead {
+        lead: Uuid,
+        record: Uuid,
+    },
     /// The visitor, no lead linked.
     Anonymous,
     Suppressed,
 }
+
+/// An activity of a lead as `ListActivities` shows it.
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+pub struct ListedActivity {
+    pub activity_id: Uuid,
+    pub kind: String,
+    pub name: String,
+    pub asset: String,
+    pub url: String,
+    pub title: String,
+    pub source_id: String,
+    pub anonymous: bool,
+    pub occurred_at: DateTime<Utc>,
+    pub recorded_at: DateTime<Utc>,
+    pub linked_at: Option<DateTime<Utc>>,
+    pub record_id: Option<Uuid>,
+}
+
+/// A page of a lead's activities: the lead listed, the activities, and the last one's id when
+/// more follow.
+pub type ActivityPage = (Uuid, Vec<ListedActivity>, Option<Uuid>);
 
 /// A recorded activity's answer as stored: lead, anonymous, fingerprint, when it happened.
 type RecordedRow = (Option<Uuid>, bool, Vec<u8>, DateTime<Utc>);
@@ -145,7 +171,7 @@ impl LeadStore {
                 let Some((root, _)) = self.family(&mut tx, *lead_id).await? else {
                     return Err(StoreError::NotFound);
                 };
-                (self.lock_lead(&mut tx, root).await?, None)
+                (self.lock_lead(&mut tx, root, *lead_id).await?, None)
             }
             Person::Identity { email, phone } => {
                 let email_bidx = email
@@ -161,7 +187,7 @@ impl LeadStore {
                 Some(*visitor_id),
             ),
         };
-        let lead_id = match owner {
+        let (lead_id, record_id) = match owner {
             Owner::Suppressed => {
                 tx.rollback().await?;
                 return Ok(StoredActivity {
@@ -170,13 +196,13 @@ impl LeadStore {
                     occurred_at: activity.occurred_at,
                 });
             }
-            Owner::Anonymous => None,
-            Owner::Lead(lead_id) => Some(lead_id),
+            Owner::Anonymous => (None, None),
+            Owner::Lead { lead, record } => (Some(lead), Some(record)),
         };
         let inserted = sqlx::query(
             "INSERT INTO capture.activities (activity_id, lead_id, visitor_id, kind, name, asset, url, title, \
-               source_id, caller, anonymous, fingerprint, occurred_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13) ON CONFLICT (activity_id) DO NOTHING",
+               source_id, caller, anonymous, fingerprint, occurred_at, record_id) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14) ON CONFLICT (activity_id) DO NOTHING",
         )
         .bind(activity_id)
         .bind(lead_id)
@@ -191,6 +217,7 @@ impl LeadStore {
         .bind(lead_id.is_none())
         .bind(fingerprint)
         .bind(activity.occurred_at)
+        .bind(record_id)
         .execute(&mut *tx)
         .await
         .context("insert activity")?;
@@ -259,8 +286,14 @@ impl LeadStore {
     }
 
     /// Locks lead `root` against erasure until the transaction ends (the lock a foreign key to
-    /// it takes anyway); says whom the activity is for.
-    async fn lock_lead(&self, tx: &mut PgConnection, root: Uuid) -> Result<Owner, StoreError> {
+    /// it takes anyway); says whom the activity, named through row `record` of its family, is
+    /// for.
+    async fn lock_lead(
+        &self,
+        tx: &mut PgConnection,
+        root: Uuid,
+        record: Uuid,
+    ) -> Result<Owner, StoreError> {
         let row: Option<(bool,)> = sqlx::query_as(
             "SELECT erased_at IS NOT NULL FROM capture.leads WHERE lead_id = $1 FOR KEY SHARE",
         )
@@ -270,7 +303,7 @@ impl LeadStore {
         match row {
             None => Err(StoreError::NotFound),
             Some((true,)) => Ok(Owner::Suppressed),
-            Some((false,)) => Ok(Owner::Lead(root)),
+            Some((false,)) => Ok(Owner::Lead { lead: root, record }),
         }
     }
 
@@ -292,7 +325,10 @@ impl LeadStore {
         .fetch_optional(&mut *tx)
         .await?;
         if let Some((lead_id,)) = found {
-            return Ok(Owner::Lead(lead_id));
+            return Ok(Owner::Lead {
+                lead: lead_id,
+                record: lead_id,
+            });
         }
         let identities: Vec<Vec<u8>> = email_bidx.into_iter().chain(phone_bidx).collect();
         let suppressed: Option<(i32,)> =
@@ -306,8 +342,9 @@ impl LeadStore {
         }
     }
 
-    /// Finds whom a visitor's activity is for, creating the visitor when new: its linked
-    /// lead's surviving lead (locked first, as captures lock), else the visitor itself. The
+    /// Finds whom a visitor's activity is for, creating the visitor when new: the surviving
+    /// lead of the row it is linked to (locked first, as captures lock), else the visitor
+    /// itself. The
     /// visitor's row stays locked, so a capture linking it waits for this activity and then
     /// hands it to the lead. A link that changed meanwhile starts the attempt over.
     async fn visitor_owner(
@@ -327,7 +364,7 @@ impl LeadStore {
                 // Erasure deletes a lead's visitors, so this is a leftover: the cookie must
                 // not resolve to the erased person.
                 None => Owner::Suppressed,
-                Some((root, _)) => match self.lock_lead(tx, root).await {
+                Some((root, _)) => match self.lock_lead(tx, root, lead_id).await {
                     Err(StoreError::NotFound) => Owner::Suppressed,
                     other => other?,
                 },
@@ -348,15 +385,18 @@ impl LeadStore {
         Ok(owner)
     }
 
-    /// Links visitor `visitor_id` to lead `lead_id` (a lead of its own) inside a capture's
-    /// transaction, after the lead is locked: the visitor's later activities are the lead's,
-    /// and its anonymous activities so far become the lead's now and are emitted, oldest first.
-    /// A visitor linked to another lead is linked to this one instead (the latest
-    /// identification in a browser wins); what it did before stays with the earlier lead.
+    /// Links visitor `visitor_id` to the row `record_id` a capture in that browser stored,
+    /// inside the capture's transaction, after lead `lead_id` (the row itself, or the lead a
+    /// re-capture's record was folded into) is locked: the visitor's later activities are the
+    /// record's (its lead's while it stays merged), and its anonymous activities so far become
+    /// the lead's now, through the record, and are emitted, oldest first. A visitor linked to
+    /// another row is linked to this one instead (the latest identification in a browser
+    /// wins); what it did before stays where it was.
     pub(super) async fn link_visitor(
         &self,
         tx: &mut PgConnection,
         visitor_id: Uuid,
+        record_id: Uuid,
         lead_id: Uuid,
     ) -> Result<(), StoreError> {
         let (previous,): (Option<Uuid>,) = sqlx::query_as(
@@ -366,17 +406,18 @@ impl LeadStore {
              RETURNING (SELECT lead_id FROM capture.visitors WHERE visitor_id = $1)",
         )
         .bind(visitor_id)
-        .bind(lead_id)
+        .bind(record_id)
         .fetch_one(&mut *tx)
         .await
         .context("link visitor")?;
         let mut linked: Vec<ActivityRow> = sqlx::query_as(
-            "UPDATE capture.activities SET lead_id = $2, linked_at = now() \
+            "UPDATE capture.activities SET lead_id = $2, record_id = $3, linked_at = now() \
              WHERE visitor_id = $1 AND lead_id IS NULL \
              RETURNING activity_id, kind, name, asset, url, source_id, anonymous, occurred_at",
         )
         .bind(visitor_id)
         .bind(lead_id)
+        .bind(record_id)
         .fetch_all(&mut *tx)
         .await
         .context("link anonymous activities")?;
@@ -392,9 +433,45 @@ impl LeadStore {
             })
             .collect();
         self.outbox.add_many(tx, &envelopes).await?;
-        let relinked = previous.is_some_and(|previous| previous != lead_id);
-        tracing::info!(%lead_id, activities = linked.len(), relinked, "visitor linked to lead");
+        let relinked = previous.is_some_and(|previous| previous != record_id);
+        tracing::info!(%lead_id, %record_id, activities = linked.len(), relinked, "visitor linked to lead");
         Ok(())
+    }
+
+    /// Returns a page of what the lead `lead_id` is part of did, newest first, after activity
+    /// `after` when given: the activities of every row of its family. `None` for an unknown
+    /// lead.
+    pub async fn list_activities(
+        &self,
+        lead_id: Uuid,
+        page_size: i32,
+        after: Option<Uuid>,
+    ) -> Result<Option<ActivityPage>, StoreError> {
+        let mut connection = self.pool.acquire().await?;
+        let Some((root, family)) = self.family(&mut connection, lead_id).await? else {
+            return Ok(None);
+        };
+        let mut activities: Vec<ListedActivity> = sqlx::query_as(
+            "SELECT activity_id, kind, name, asset, url, title, source_id, anonymous, occurred_at, recorded_at, \
+                    linked_at, record_id \
+             FROM capture.activities \
+             WHERE lead_id = ANY($1) \
+               AND ($2::uuid IS NULL OR (occurred_at, activity_id) < \
+                    (SELECT occurred_at, activity_id FROM capture.activities WHERE activity_id = $2)) \
+             ORDER BY occurred_at DESC, activity_id DESC LIMIT $3",
+        )
+        .bind(&family)
+        .bind(after)
+        .bind(i64::from(page_size) + 1)
+        .fetch_all(&mut *connection)
+        .await
+        .context("list activities")?;
+        let more = activities.len() > usize::try_from(page_size).unwrap_or(0);
+        activities.truncate(usize::try_from(page_size).unwrap_or(0));
+        let next = more
+            .then(|| activities.last().map(|activity| activity.activity_id))
+            .flatten();
+        Ok(Some((root, activities, next)))
     }
 
     /// Deletes anonymous activities recorded before `before`, and visitors never linked and not

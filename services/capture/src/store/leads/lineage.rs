@@ -655,6 +655,25 @@ impl LeadStore {
         .execute(&mut *tx)
         .await
         .context("restore the merged row")?;
+        // What the person did through the restored row (its id, or a browser its capture
+        // identified) while it was merged is its own again; what was recorded for it while it
+        // was a lead never left it.
+        let moved: Vec<(Uuid,)> = sqlx::query_as(
+            "WITH RECURSIVE restored (lead_id) AS ( \
+               SELECT $1::uuid \
+               UNION ALL \
+               SELECT l.lead_id FROM capture.leads l JOIN restored r ON l.merged_into = r.lead_id) \
+             UPDATE capture.activities a SET lead_id = $1 \
+             WHERE a.record_id IN (SELECT lead_id FROM restored) \
+               AND a.lead_id NOT IN (SELECT lead_id FROM restored) \
+             RETURNING a.activity_id",
+        )
+        .bind(merged_lead_id)
+        .fetch_all(&mut *tx)
+        .await
+        .context("give the restored row its activities")?;
+        let mut activity_ids: Vec<Uuid> = moved.into_iter().map(|(id,)| id).collect();
+        activity_ids.sort_unstable();
         sqlx::query(
             "UPDATE capture.merges SET unmerged_at = now(), unmerged_by = $2 WHERE merge_id = $1",
         )
@@ -666,12 +685,20 @@ impl LeadStore {
             lead_id: lead_id.to_string(),
             merge_id: merge_id.to_string(),
             restored: Some(self.describe(&mut tx, merged_lead_id).await?),
+            activity_ids: activity_ids.iter().map(Uuid::to_string).collect(),
         };
         self.outbox
             .add(&mut tx, event_types::LEAD_UNMERGED, lead_id, &event)
             .await?;
         self.outbox.commit(tx).await?;
-        tracing::info!(%lead_id, %merge_id, restored_lead_id = %merged_lead_id, key_id = caller, "merge undone");
+        tracing::info!(
+            %lead_id,
+            %merge_id,
+            restored_lead_id = %merged_lead_id,
+            activities = activity_ids.len(),
+            key_id = caller,
+            "merge undone"
+        );
         Ok((lead_id, merged_lead_id))
     }
 
