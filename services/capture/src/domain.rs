@@ -3,4 +3,5 @@
 pub mod activity;
 pub mod evidence;
 pub mod lead;
+pub mod phone_patterns;
 pub mod source;

@@ -3,6 +3,7 @@
 use std::str::FromStr;
 use std::sync::LazyLock;
 
+use super::phone_patterns;
 use email_address::EmailAddress;
 use leadflow_platform::validation::FieldViolations;
 use leadflow_proto::capture::v1::LeadInput;
@@ -43,25 +44,6 @@ fn is_disposable_domain(domain: &str) -> bool {
             _ => return false,
         }
     }
-}
-
-/// Compiled phone-number patterns phonenumber may keep. It keeps them in one LRU cache of 100
-/// for the whole metadata, fewer than the patterns a handful of regions use, so a mix of
-/// countries recompiled regular expressions on nearly every number (a third of an import's
-/// CPU in `perf`). A region's patterns number a few dozen; this holds those of the countries
-/// a deployment sees many times over while bounding memory if numbers of every country come.
-const PHONE_PATTERNS_CACHED: usize = 1_000;
-
-static PHONE_PATTERN_CACHE: std::sync::Once = std::sync::Once::new();
-
-/// Gives phonenumber's pattern cache room for [`PHONE_PATTERNS_CACHED`] patterns, once.
-fn enlarge_phone_pattern_cache() {
-    PHONE_PATTERN_CACHE.call_once(|| {
-        let cache = phonenumber::metadata::DATABASE.cache();
-        if let Ok(mut cache) = cache.lock() {
-            *cache = regex_cache::RegexCache::new(PHONE_PATTERNS_CACHED);
-        }
-    });
 }
 
 /// Settings of normalization that do not depend on the source.
@@ -400,13 +382,16 @@ pub fn parse_phone(raw: &str, region: Region) -> Result<Option<Phone>, &'static 
     if trimmed.chars().count() > MAX_PHONE_CHARS {
         return Err("must be at most 32 characters");
     }
-    enlarge_phone_pattern_cache();
     // A number in international form carries its own country: reading it "in" the default
     // region makes phonenumber 0.3 strip that region's national prefix from it (+49 151… lost
     // its 1 when read in the US).
     let international = trimmed.starts_with('+');
+    if !international {
+        phone_patterns::prepare_region(region);
+    }
     let number = phonenumber::parse((!international).then_some(region), trimmed)
         .map_err(|_| "is not a phone number")?;
+    phone_patterns::prepare_code(number.code().value());
     // `is_valid` is "has a known type" in phonenumber 0.3, so the type is looked up once.
     let kind = number.number_type(&phonenumber::metadata::DATABASE);
     if kind == phonenumber::Type::Unknown {
