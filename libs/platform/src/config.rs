@@ -103,6 +103,11 @@ pub struct CommonConfig {
     /// replicas' rows, or a pass that failed).
     #[serde(default = "default_relay_poll_ms")]
     pub relay_poll_ms: u64,
+    /// The shortest time between the starts of two relay passes: an idle relay publishes a
+    /// woken event at once; one that has just published waits out the rest of this interval,
+    /// so events committed meanwhile go out together in one pass (0: a pass per wake).
+    #[serde(default = "default_relay_min_interval_ms")]
+    pub relay_min_interval_ms: u64,
     /// Approximate length each stream is trimmed to (`XADD MAXLEN ~`).
     #[serde(default = "default_stream_max_len")]
     pub stream_max_len: usize,
@@ -156,6 +161,9 @@ fn default_health_interval_ms() -> u64 {
 }
 fn default_relay_poll_ms() -> u64 {
     500
+}
+fn default_relay_min_interval_ms() -> u64 {
+    5
 }
 fn default_stream_max_len() -> usize {
     1_000_000

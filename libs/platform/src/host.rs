@@ -148,7 +148,8 @@ impl ServiceHost {
             Duration::from_millis(self.config.relay_poll_ms),
             self.config.stream_max_len,
             self.outbox_wake.clone(),
-        );
+        )
+        .with_min_interval(Duration::from_millis(self.config.relay_min_interval_ms));
         self.relay = Some(relay);
         Outbox::new(
             self.spec.name,

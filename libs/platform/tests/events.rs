@@ -6,7 +6,7 @@ mod support;
 use std::collections::HashSet;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use leadflow_platform::events::consumer::{Consumer, EventHandler, HandleError};
 use leadflow_platform::events::outbox::{Outbox, OutboxWake};
@@ -548,6 +548,59 @@ async fn a_running_relay_publishes_an_event_committed_through_the_outbox_before_
     let envelopes = env.envelopes(&stream).await;
     assert_eq!(envelopes.len(), 1);
     assert_eq!(envelopes[0].event_id, event);
+}
+
+/// Spacing of relay passes in the test below: far longer than a pass, and than the checks
+/// made inside it.
+const MIN_INTERVAL: Duration = Duration::from_secs(3);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_relay_publishes_at_once_when_idle_and_gathers_what_commits_right_after_a_pass() {
+    let env = TestEnv::new().await;
+    let stream = env.stream("capture");
+    let wake = OutboxWake::new();
+    let outbox = woken_outbox(&stream, wake.clone());
+    let relay = woken_relay(&env, LONG_POLL, wake).with_min_interval(MIN_INTERVAL);
+    let (token, task) = start(relay).await;
+    // Let the starting pass be longer ago than the interval: the relay is idle.
+    tokio::time::sleep(MIN_INTERVAL).await;
+
+    let committed = Instant::now();
+    let first = add_committed_through(&env, &outbox).await;
+    wait_until("the first event is published", || async {
+        env.xlen(&stream).await >= 1
+    })
+    .await;
+    assert!(
+        committed.elapsed() < MIN_INTERVAL,
+        "an idle relay publishes a woken event without waiting ({:?})",
+        committed.elapsed()
+    );
+
+    // Right after that pass: both wait for the interval to pass, then go out together.
+    let second = add_committed_through(&env, &outbox).await;
+    let third = add_committed_through(&env, &outbox).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    if committed.elapsed() < MIN_INTERVAL {
+        assert_eq!(
+            env.xlen(&stream).await,
+            1,
+            "the relay waits out its interval"
+        );
+    }
+    wait_until("all three are published", || async {
+        env.unpublished().await == 0
+    })
+    .await;
+    stop(&token, task).await;
+
+    let published: Vec<String> = env
+        .envelopes(&stream)
+        .await
+        .into_iter()
+        .map(|envelope| envelope.event_id)
+        .collect();
+    assert_eq!(published, [first, second, third]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -27,6 +27,7 @@ pub struct Relay {
     schema: &'static str,
     batch_size: i64,
     poll_interval: Duration,
+    min_interval: Duration,
     stream_max_len: usize,
     wake: OutboxWake,
 }
@@ -49,9 +50,19 @@ impl Relay {
             schema,
             batch_size: 256,
             poll_interval,
+            min_interval: Duration::ZERO,
             stream_max_len,
             wake,
         }
+    }
+
+    /// Spaces the starts of passes by at least `min_interval`: a relay woken right after a
+    /// pass waits out the rest of it, so under load one pass publishes the events of several
+    /// commits (and the transactions being answered are not competing with a pass per event),
+    /// while an idle relay still publishes a woken event at once.
+    pub fn with_min_interval(mut self, min_interval: Duration) -> Self {
+        self.min_interval = min_interval;
+        self
     }
 
     /// Publishes one batch of unpublished rows; returns how many were published.
@@ -150,6 +161,7 @@ impl Relay {
     /// the wait.
     pub async fn run(self, stop: CancellationToken) {
         loop {
+            let started = tokio::time::Instant::now();
             match self.drain().await {
                 Ok(_) => {}
                 Err(err) => tracing::warn!(error = format!("{err:#}"), "publish outbox"),
@@ -157,7 +169,12 @@ impl Relay {
             tokio::select! {
                 () = stop.cancelled() => break,
                 () = tokio::time::sleep(self.poll_interval) => {}
-                () = self.wake.woken() => {}
+                () = self.wake.woken() => {
+                    tokio::select! {
+                        () = stop.cancelled() => break,
+                        () = tokio::time::sleep_until(started + self.min_interval) => {}
+                    }
+                }
             }
         }
         match self.flush().await {
