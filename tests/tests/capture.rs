@@ -4,7 +4,7 @@
 //! merge review queue and unmerge, returns, source rules, consent evidence, the auth matrix
 //! (R12), rotation of the key-encryption key of personal data, and activity tracking
 //! (`RecordActivity`, visitors linked by captures, `ListActivities`, activities given back by
-//! `UnmergeLead`), and rate limits per source and per key.
+//! `UnmergeLead`), rate limits per source and per key, and `capture republish`.
 //!
 //! Direct SQL only asserts what is stored; Redis `XRANGE` only asserts what was published.
 
@@ -26,6 +26,8 @@ mod limits;
 mod merge;
 #[path = "capture/privacy.rs"]
 mod privacy;
+#[path = "capture/republish.rs"]
+mod republish;
 #[path = "capture/review.rs"]
 mod review;
 #[path = "capture/sources.rs"]

@@ -108,6 +108,10 @@ pub struct CommonConfig {
     /// so events committed meanwhile go out together in one pass (0: a pass per wake).
     #[serde(default = "default_relay_min_interval_ms")]
     pub relay_min_interval_ms: u64,
+    /// Hours a published outbox row is kept (the window `republish` can send again), after
+    /// which the relay deletes it; 0 keeps published rows for good.
+    #[serde(default = "default_outbox_retention_hours")]
+    pub outbox_retention_hours: u64,
     /// Approximate length each stream is trimmed to (`XADD MAXLEN ~`).
     #[serde(default = "default_stream_max_len")]
     pub stream_max_len: usize,
@@ -164,6 +168,9 @@ fn default_relay_poll_ms() -> u64 {
 }
 fn default_relay_min_interval_ms() -> u64 {
     5
+}
+fn default_outbox_retention_hours() -> u64 {
+    24 * 7
 }
 fn default_stream_max_len() -> usize {
     1_000_000

@@ -149,7 +149,11 @@ impl ServiceHost {
             self.config.stream_max_len,
             self.outbox_wake.clone(),
         )
-        .with_min_interval(Duration::from_millis(self.config.relay_min_interval_ms));
+        .with_min_interval(Duration::from_millis(self.config.relay_min_interval_ms))
+        .with_retention(
+            (self.config.outbox_retention_hours > 0)
+                .then(|| Duration::from_secs(self.config.outbox_retention_hours * 3_600)),
+        );
         self.relay = Some(relay);
         Outbox::new(
             self.spec.name,
@@ -362,6 +366,20 @@ pub async fn migrate(spec: &'static ServiceSpec, common: &CommonConfig) -> anyho
     Ok(())
 }
 
+/// Marks the service's outbox rows since `since` unpublished (`republish`) and prints how many.
+pub async fn republish(
+    spec: &'static ServiceSpec,
+    common: &CommonConfig,
+    since: chrono::DateTime<chrono::Utc>,
+) -> anyhow::Result<()> {
+    let pool = crate::postgres::connect_with_limit(&common.database_url, spec.name, 1, &[]).await?;
+    let marked = crate::events::relay::republish_since(&pool, spec.name, since).await?;
+    pool.close().await;
+    tracing::info!(schema = spec.name, marked, %since, "outbox rows marked for republishing");
+    println!("{marked} events since {since} will be published again by the running relays");
+    Ok(())
+}
+
 /// Runs a service binary: `serve` (the default) builds it with `build` from the configuration
 /// `load` reads and serves until SIGTERM; `migrate` applies its migrations and exits. A
 /// configuration error names the variable and exits with 64.
@@ -404,6 +422,7 @@ where
     let telemetry = crate::telemetry::init(spec.name)?;
     let outcome = match command {
         Command::Migrate => migrate(spec, &common).await,
+        Command::Republish { since } => republish(spec, &common, since).await,
         Command::Serve => {
             let config = crate::config::or_exit(spec.name, load());
             match build(config).await {
@@ -476,6 +495,14 @@ pub enum Command<E: clap::Subcommand = NoCommands> {
     },
     /// List this service's API keys: ids, names, scopes and dates, never secrets.
     ListApiKeys,
+    /// Send this service's events since TIME again (after Redis lost stream entries): marks
+    /// the outbox rows created since then unpublished, and the running relays publish them
+    /// anew; consumers skip what they had applied, by event id. Prints how many.
+    Republish {
+        /// RFC 3339, e.g. 2026-11-20T00:00:00Z; rows older than the outbox retention are gone
+        #[arg(long, value_name = "TIME")]
+        since: chrono::DateTime<chrono::Utc>,
+    },
     #[command(flatten)]
     Service(E),
 }

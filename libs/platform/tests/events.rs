@@ -889,3 +889,115 @@ async fn many_events_added_in_one_statement_are_published_once_in_the_given_orde
         .expect("decode");
     assert_eq!(decoded.channel, "channel-499");
 }
+
+/// Event ids of the outbox rows left, oldest first.
+async fn outbox_rows(env: &TestEnv) -> Vec<String> {
+    sqlx::query_scalar::<_, Uuid>(sqlx::AssertSqlSafe(format!(
+        "SELECT event_id FROM {SCHEMA}.outbox ORDER BY id"
+    )))
+    .fetch_all(&env.pool)
+    .await
+    .expect("read the outbox")
+    .into_iter()
+    .map(|id| id.to_string())
+    .collect()
+}
+
+/// Moves the row of `event_id` `days` into the past: created and (if published) published.
+async fn age(env: &TestEnv, event_id: &str, days: i32) {
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "UPDATE {SCHEMA}.outbox SET created_at = created_at - make_interval(days => $2), \
+           published_at = published_at - make_interval(days => $2) WHERE event_id = $1::uuid"
+    )))
+    .bind(event_id)
+    .bind(days)
+    .execute(&env.pool)
+    .await
+    .expect("age the row");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn published_rows_past_the_retention_are_swept_and_unpublished_ones_kept() {
+    let env = TestEnv::new().await;
+    let stream = env.stream("capture");
+    let outbox = outbox(&stream);
+    let relay = relay(&env);
+    let old = add_committed(&env, &outbox).await;
+    let recent = add_committed(&env, &outbox).await;
+    assert_eq!(drain(&relay).await, 2);
+    let old_unpublished = add_committed(&env, &outbox).await;
+    age(&env, &old, 8).await;
+    age(&env, &old_unpublished, 8).await;
+
+    let week_ago = chrono::Utc::now() - chrono::Duration::days(7);
+    let swept = relay.sweep_published(week_ago).await.expect("sweep");
+    assert_eq!(swept, 1);
+    assert_eq!(outbox_rows(&env).await, [recent, old_unpublished.clone()]);
+    // However old, an unpublished row is published, never swept.
+    assert_eq!(drain(&relay).await, 1);
+    let published: Vec<String> = env
+        .envelopes(&stream)
+        .await
+        .into_iter()
+        .map(|envelope| envelope.event_id)
+        .collect();
+    assert_eq!(published.last(), Some(&old_unpublished));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_running_relay_with_a_retention_sweeps_what_is_past_it() {
+    let env = TestEnv::new().await;
+    let stream = env.stream("capture");
+    let outbox = outbox(&stream);
+    let old = add_committed(&env, &outbox).await;
+    let recent = add_committed(&env, &outbox).await;
+    assert_eq!(drain(&relay(&env)).await, 2);
+    age(&env, &old, 2).await;
+
+    let relay = relay(&env).with_retention(Some(Duration::from_secs(24 * 3_600)));
+    let (token, task) = start(relay).await;
+    wait_until("the row past the retention is swept", || async {
+        outbox_rows(&env).await == [recent.clone()]
+    })
+    .await;
+    stop(&token, task).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn republishing_since_a_time_sends_those_events_again_in_order() {
+    let env = TestEnv::new().await;
+    let stream = env.stream("capture");
+    let outbox = outbox(&stream);
+    let relay = relay(&env);
+    let before = add_committed(&env, &outbox).await;
+    let first = add_committed(&env, &outbox).await;
+    let second = add_committed(&env, &outbox).await;
+    assert_eq!(drain(&relay).await, 3);
+    age(&env, &before, 2).await;
+
+    let since = chrono::Utc::now() - chrono::Duration::days(1);
+    let marked = leadflow_platform::events::relay::republish_since(&env.pool, SCHEMA, since)
+        .await
+        .expect("republish");
+    assert_eq!(marked, 2);
+    assert_eq!(env.unpublished().await, 2);
+    assert_eq!(drain(&relay).await, 2);
+
+    let published: Vec<String> = env
+        .envelopes(&stream)
+        .await
+        .into_iter()
+        .map(|envelope| envelope.event_id)
+        .collect();
+    assert_eq!(
+        published,
+        [
+            before,
+            first.clone(),
+            second.clone(),
+            first.clone(),
+            second.clone()
+        ],
+        "the events since then, again, in their order"
+    );
+}

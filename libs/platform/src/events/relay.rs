@@ -28,9 +28,15 @@ pub struct Relay {
     batch_size: i64,
     poll_interval: Duration,
     min_interval: Duration,
+    retention: Option<Duration>,
     stream_max_len: usize,
     wake: OutboxWake,
 }
+
+/// Published rows deleted per statement by the retention sweep.
+const SWEEP_BATCH: i64 = 5_000;
+/// How often a running relay sweeps published rows past their retention.
+const SWEEP_EVERY: Duration = Duration::from_secs(10 * 60);
 
 impl Relay {
     /// Returns a relay for the outbox in `schema`, woken by `wake` (shared with the
@@ -51,6 +57,7 @@ impl Relay {
             batch_size: 256,
             poll_interval,
             min_interval: Duration::ZERO,
+            retention: None,
             stream_max_len,
             wake,
         }
@@ -63,6 +70,63 @@ impl Relay {
     pub fn with_min_interval(mut self, min_interval: Duration) -> Self {
         self.min_interval = min_interval;
         self
+    }
+
+    /// Keeps published rows for `retention` (the window in which `republish` can send them
+    /// again), then deletes them: a running relay sweeps when it starts and every ten minutes.
+    /// `None` keeps them for good.
+    pub fn with_retention(mut self, retention: Option<Duration>) -> Self {
+        self.retention = retention;
+        self
+    }
+
+    /// Deletes rows published before `before`, a batch at a time (rows another replica is
+    /// deleting are skipped); returns how many went. Unpublished rows stay, however old.
+    pub async fn sweep_published(
+        &self,
+        before: chrono::DateTime<chrono::Utc>,
+    ) -> anyhow::Result<u64> {
+        let mut total = 0;
+        loop {
+            let deleted = sqlx::query(sqlx::AssertSqlSafe(format!(
+                "DELETE FROM {schema}.outbox WHERE id IN \
+                   (SELECT id FROM {schema}.outbox WHERE published_at < $1 \
+                    ORDER BY id LIMIT $2 FOR UPDATE SKIP LOCKED)",
+                schema = self.schema
+            )))
+            .bind(before)
+            .bind(SWEEP_BATCH)
+            .execute(&self.pool)
+            .await
+            .context("delete published outbox rows")?
+            .rows_affected();
+            total += deleted;
+            if i64::try_from(deleted).unwrap_or(i64::MAX) < SWEEP_BATCH {
+                return Ok(total);
+            }
+        }
+    }
+
+    /// Sweeps published rows past the retention every [`SWEEP_EVERY`], from the start, until
+    /// `stop` is cancelled; beside the publishing loop, so that a long first sweep (an outbox
+    /// that grew for a while) does not hold back publishing.
+    async fn sweep_until(self, retention: Duration, stop: CancellationToken) {
+        let Ok(retention) = chrono::Duration::from_std(retention) else {
+            return;
+        };
+        loop {
+            match self.sweep_published(chrono::Utc::now() - retention).await {
+                Ok(0) => {}
+                Ok(deleted) => {
+                    tracing::info!(deleted, "published outbox rows past retention deleted");
+                }
+                Err(err) => tracing::warn!(error = format!("{err:#}"), "sweep the outbox"),
+            }
+            tokio::select! {
+                () = stop.cancelled() => return,
+                () = tokio::time::sleep(SWEEP_EVERY) => {}
+            }
+        }
     }
 
     /// Publishes one batch of unpublished rows; returns how many were published.
@@ -160,6 +224,9 @@ impl Relay {
     /// next wait (see [`OutboxWake`]), so it cannot be lost between the pass's last claim and
     /// the wait.
     pub async fn run(self, stop: CancellationToken) {
+        let sweeper = self
+            .retention
+            .map(|retention| tokio::spawn(self.clone().sweep_until(retention, stop.clone())));
         loop {
             let started = tokio::time::Instant::now();
             match self.drain().await {
@@ -181,5 +248,30 @@ impl Relay {
             Ok(published) => tracing::info!(published, "outbox flushed on shutdown"),
             Err(err) => tracing::error!(error = format!("{err:#}"), "flush outbox on shutdown"),
         }
+        if let Some(sweeper) = sweeper {
+            // A sweep cut off mid-statement is rolled back; the next start sweeps again.
+            sweeper.abort();
+        }
     }
+}
+
+/// Marks this service's outbox rows created at or after `since` unpublished again, so that the
+/// running relays publish them anew (after Redis lost entries); returns how many. Consumers
+/// apply each event once, by its event id, so what they had already is not applied twice.
+/// Only rows still within the retention can be sent again.
+pub async fn republish_since(
+    pool: &PgPool,
+    schema: &str,
+    since: chrono::DateTime<chrono::Utc>,
+) -> anyhow::Result<u64> {
+    let marked = sqlx::query(sqlx::AssertSqlSafe(format!(
+        "UPDATE {schema}.outbox SET published_at = NULL \
+         WHERE created_at >= $1 AND published_at IS NOT NULL"
+    )))
+    .bind(since)
+    .execute(pool)
+    .await
+    .context("mark outbox rows unpublished")?
+    .rows_affected();
+    Ok(marked)
 }
