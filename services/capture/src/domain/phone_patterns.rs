@@ -45,26 +45,27 @@ pub fn prepare_code(code: u16) {
     {
         return;
     }
+    // Compiled holding no lock: numbers of other codes go on being read meanwhile. Two
+    // threads may both compile a code the first time; one of them stores it.
+    let compiled: Vec<(String, regex::Regex)> = DATABASE
+        .by_code(&code)
+        .unwrap_or_default()
+        .into_iter()
+        .flat_map(pattern_sources)
+        .filter_map(|source| Some((source.to_owned(), compile(source).ok()?)))
+        .collect();
     let Ok(mut prepared) = PREPARED.write() else {
         return;
     };
     if !prepared.insert(code) {
         return;
     }
-    let sources: Vec<&str> = DATABASE
-        .by_code(&code)
-        .unwrap_or_default()
-        .into_iter()
-        .flat_map(pattern_sources)
-        .collect();
     let cache = DATABASE.cache();
     let Ok(mut cache) = cache.lock() else {
         return;
     };
-    for source in sources {
-        if let Ok(regex) = compile(source) {
-            cache.insert(source.to_owned(), regex);
-        }
+    for (source, regex) in compiled {
+        cache.insert(source, regex);
     }
 }
 
