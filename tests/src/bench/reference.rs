@@ -16,8 +16,8 @@
 //! | `COMMIT`             | `capture_once`: `self.outbox.commit(tx)` (its relay wake is no SQL) |
 //!
 //! A new lead's answer is built from the values just written (`new_lead_view`), so no
-//! read-back is part of a capture either. Capture reads its source from a per-replica cache (`SourceStore::get`, 5 s), so no source
-//! query is part of a capture.
+//! read-back is part of a capture either. Capture reads its source from a per-replica cache
+//! (`SourceStore::get`, 5 s), so no source query is part of a capture.
 //!
 //! Sealed columns get random bytes of exactly the sizes capture writes (AES-256-GCM: 12-byte
 //! nonce + plaintext + 16-byte tag; a wrapped data key is 60 bytes), blind indexes are the real

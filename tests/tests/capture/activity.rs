@@ -17,8 +17,8 @@ use tonic::Code;
 use uuid::Uuid;
 
 use crate::support::{
-    Client, assert_no_canary, capture_of, capture_rows, count, person, published, violations,
-    wait_for_event,
+    Client, assert_no_canary, by_lead, by_visitor, capture_of, capture_rows, count, person,
+    published, violations, wait_for_event,
 };
 
 /// A page visit of the person `named` names, on a page whose query string carries an email.
@@ -29,20 +29,6 @@ fn visit(named: RecordActivityRequest) -> RecordActivityRequest {
         title: "Titlecanary: all features".into(),
         source: WEBSITE_SOURCE.into(),
         ..named
-    }
-}
-
-fn by_lead(lead_id: &str) -> RecordActivityRequest {
-    RecordActivityRequest {
-        lead_id: lead_id.to_owned(),
-        ..RecordActivityRequest::default()
-    }
-}
-
-fn by_visitor(visitor_id: Uuid) -> RecordActivityRequest {
-    RecordActivityRequest {
-        visitor_id: visitor_id.to_string(),
-        ..RecordActivityRequest::default()
     }
 }
 
@@ -893,13 +879,35 @@ async fn an_imported_row_carrying_a_visitor_id_links_the_visitor() -> anyhow::Re
     Ok(())
 }
 
+/// Runs `leadctl <args>` against the suite's capture as its admin, checks that it succeeded and
+/// returns its standard output.
+async fn leadctl(suite: &Suite, args: &[&str]) -> anyhow::Result<String> {
+    let output = tokio::process::Command::new(leadflow_e2e::binary_path("leadctl")?)
+        .args(args)
+        .env(
+            "LEADCTL_CAPTURE_URL",
+            suite.services[&leadflow_e2e::Service::Capture].url(),
+        )
+        .env("LEADCTL_API_KEY", &suite.admin_key)
+        .output()
+        .await?;
+    anyhow::ensure!(
+        output.status.success(),
+        "leadctl {} failed: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn leadctl_records_an_activity() -> anyhow::Result<()> {
     let suite = Suite::start_capture().await?;
     let mut client = suite.capture().await?;
     let lead_id = capture(&mut client, person("leadctl.person@acme.example", "")).await?;
-    let output = tokio::process::Command::new(leadflow_e2e::binary_path("leadctl")?)
-        .args([
+    let stdout = leadctl(
+        &suite,
+        &[
             "activity",
             "webinar-attended",
             "--source",
@@ -908,20 +916,9 @@ async fn leadctl_records_an_activity() -> anyhow::Result<()> {
             "leadctl.person@acme.example",
             "--asset",
             "Spring launch webinar",
-        ])
-        .env(
-            "LEADCTL_CAPTURE_URL",
-            suite.services[&leadflow_e2e::Service::Capture].url(),
-        )
-        .env("LEADCTL_API_KEY", &suite.admin_key)
-        .output()
-        .await?;
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(
-        output.status.success(),
-        "leadctl failed: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+        ],
+    )
+    .await?;
     let words: Vec<&str> = stdout.split_whitespace().collect();
     assert_eq!(words.len(), 3, "{stdout}");
     Uuid::parse_str(words[0])?;
@@ -934,21 +931,7 @@ async fn leadctl_records_an_activity() -> anyhow::Result<()> {
     assert_eq!(event.asset, "Spring launch webinar");
 
     // And lists it.
-    let output = tokio::process::Command::new(leadflow_e2e::binary_path("leadctl")?)
-        .args(["activities", lead_id.as_str()])
-        .env(
-            "LEADCTL_CAPTURE_URL",
-            suite.services[&leadflow_e2e::Service::Capture].url(),
-        )
-        .env("LEADCTL_API_KEY", &suite.admin_key)
-        .output()
-        .await?;
-    let listed = String::from_utf8_lossy(&output.stdout);
-    assert!(
-        output.status.success(),
-        "leadctl activities failed: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    let listed = leadctl(&suite, &["activities", lead_id.as_str()]).await?;
     assert!(listed.starts_with(&format!("lead {lead_id}\n")), "{listed}");
     let row = listed
         .lines()

@@ -13,7 +13,9 @@ use leadflow_proto::prost_types::Timestamp;
 use tonic::Code;
 use uuid::Uuid;
 
-use crate::support::{Client, capture_of, get_lead, person, violations, wait_for_event};
+use crate::support::{
+    Client, by_lead, by_visitor, capture_of, get_lead, person, violations, wait_for_event,
+};
 
 /// A page visit at `seconds` since the epoch of the person `named` names.
 fn visit_at(named: RecordActivityRequest, page: &str, seconds: i64) -> RecordActivityRequest {
@@ -24,20 +26,6 @@ fn visit_at(named: RecordActivityRequest, page: &str, seconds: i64) -> RecordAct
         source: WEBSITE_SOURCE.into(),
         occurred_at: Some(Timestamp { seconds, nanos: 0 }),
         ..named
-    }
-}
-
-fn by_lead(lead_id: &str) -> RecordActivityRequest {
-    RecordActivityRequest {
-        lead_id: lead_id.to_owned(),
-        ..RecordActivityRequest::default()
-    }
-}
-
-fn by_visitor(visitor_id: Uuid) -> RecordActivityRequest {
-    RecordActivityRequest {
-        visitor_id: visitor_id.to_string(),
-        ..RecordActivityRequest::default()
     }
 }
 

@@ -5,7 +5,7 @@ use std::time::Duration;
 use leadflow_e2e::{StreamEntry, Suite, eventually};
 use leadflow_proto::capture::v1::{
     CaptureLeadRequest, ConsentChannel, ConsentInput, DedupeMode, DedupePolicy, GetLeadRequest,
-    Lead, LeadInput, LegalBasis, SourceKind, SourceSettings,
+    Lead, LeadInput, LegalBasis, RecordActivityRequest, SourceKind, SourceSettings,
 };
 use leadflow_proto::events::v1::Envelope;
 use prost::Message;
@@ -233,5 +233,21 @@ pub fn vendor_settings() -> SourceSettings {
         cost_per_lead_micros: 4_000_000,
         currency: "USD".into(),
         ..SourceSettings::default()
+    }
+}
+
+/// An activity request naming the person by lead id.
+pub fn by_lead(lead_id: &str) -> RecordActivityRequest {
+    RecordActivityRequest {
+        lead_id: lead_id.to_owned(),
+        ..RecordActivityRequest::default()
+    }
+}
+
+/// An activity request naming the person by the browser's visitor id.
+pub fn by_visitor(visitor_id: uuid::Uuid) -> RecordActivityRequest {
+    RecordActivityRequest {
+        visitor_id: visitor_id.to_string(),
+        ..RecordActivityRequest::default()
     }
 }

@@ -144,6 +144,15 @@ impl TestEnv {
         reply.ids
     }
 
+    /// The event ids of the envelopes on `stream`, oldest first.
+    pub async fn event_ids(&self, stream: &str) -> Vec<String> {
+        self.envelopes(stream)
+            .await
+            .into_iter()
+            .map(|envelope| envelope.event_id)
+            .collect()
+    }
+
     /// The decoded envelopes of `stream`, oldest first.
     pub async fn envelopes(&self, stream: &str) -> Vec<Envelope> {
         self.entries(stream)

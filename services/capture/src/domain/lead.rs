@@ -3,12 +3,13 @@
 use std::str::FromStr;
 use std::sync::LazyLock;
 
-use super::phone_patterns;
 use email_address::EmailAddress;
 use leadflow_platform::validation::FieldViolations;
 use leadflow_proto::capture::v1::LeadInput;
 use phonenumber::Mode;
 use phonenumber::country::Id as Region;
+
+use super::phone_patterns;
 
 const MAX_NAME_CHARS: usize = 200;
 const MAX_TOKEN_CHARS: usize = 64;

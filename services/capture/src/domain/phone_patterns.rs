@@ -17,7 +17,7 @@
 use std::collections::HashSet;
 use std::sync::{LazyLock, RwLock};
 
-use phonenumber::metadata::{DATABASE, Metadata};
+use phonenumber::metadata::{DATABASE, Descriptor, Metadata};
 
 /// Compiled phone-number patterns the cache may keep. phonenumber keeps 100 for the whole
 /// metadata, fewer than the patterns a handful of regions use, so a mix of countries
@@ -86,10 +86,10 @@ fn compile(source: &str) -> Result<regex::Regex, regex::Error> {
         .build()
 }
 
-/// Every pattern of a region's metadata phonenumber matches numbers against.
-fn pattern_sources(metadata: &Metadata) -> Vec<&str> {
+/// Every number-type descriptor of a region's metadata.
+fn descriptors(metadata: &Metadata) -> impl Iterator<Item = &Descriptor> {
     let descriptors = metadata.descriptors();
-    let mut sources: Vec<&str> = [
+    [
         Some(descriptors.general()),
         descriptors.fixed_line(),
         descriptors.mobile(),
@@ -109,8 +109,13 @@ fn pattern_sources(metadata: &Metadata) -> Vec<&str> {
     ]
     .into_iter()
     .flatten()
-    .map(|descriptor| descriptor.national_number().as_str())
-    .collect();
+}
+
+/// Every pattern of a region's metadata phonenumber matches numbers against.
+fn pattern_sources(metadata: &Metadata) -> Vec<&str> {
+    let mut sources: Vec<&str> = descriptors(metadata)
+        .map(|descriptor| descriptor.national_number().as_str())
+        .collect();
     sources.extend(
         [
             metadata.national_prefix_for_parsing(),
@@ -176,19 +181,9 @@ mod tests {
         let mut compared = 0;
         for code in [1, 7, 33, 44, 49, 55, 61, 81, 86, 91, 234, 971] {
             for metadata in DATABASE.by_code(&code).unwrap_or_default() {
-                let descriptors = metadata.descriptors();
-                let examples: Vec<&str> = [
-                    Some(descriptors.general()),
-                    descriptors.fixed_line(),
-                    descriptors.mobile(),
-                    descriptors.toll_free(),
-                    descriptors.premium_rate(),
-                    descriptors.voip(),
-                ]
-                .into_iter()
-                .flatten()
-                .filter_map(|descriptor| descriptor.example())
-                .collect();
+                let examples: Vec<&str> = descriptors(metadata)
+                    .filter_map(|descriptor| descriptor.example())
+                    .collect();
                 let mut inputs: Vec<String> = Vec::new();
                 for example in examples {
                     inputs.push(example.to_owned());

@@ -97,18 +97,19 @@ fn consent(row: ConsentRow, unmask: bool) -> ConsentRecord {
 
 /// Returns the protobuf activity; its page title masked unless `unmask`.
 pub fn activity(row: ListedActivity, unmask: bool) -> Activity {
-    let kind = kind_from_name(&row.kind).unwrap_or(ActivityKind::Unspecified);
+    let stored = row.activity;
+    let kind = kind_from_name(&stored.kind).unwrap_or(ActivityKind::Unspecified);
     Activity {
-        activity_id: row.activity_id.to_string(),
+        activity_id: stored.activity_id.to_string(),
         kind: kind.into(),
-        name: row.name,
-        asset: row.asset,
-        url: row.url,
+        name: stored.name,
+        asset: stored.asset,
+        url: stored.url,
         title: if unmask { row.title } else { mask(&row.title) },
-        source: row.source_id,
-        occurred_at: Some(timestamp(row.occurred_at)),
+        source: stored.source_id,
+        occurred_at: Some(timestamp(stored.occurred_at)),
         recorded_at: Some(timestamp(row.recorded_at)),
-        anonymous: row.anonymous,
+        anonymous: stored.anonymous,
         linked_at: row.linked_at.map(timestamp),
         record_id: row.record_id.map(|id| id.to_string()).unwrap_or_default(),
     }

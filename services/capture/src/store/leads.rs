@@ -27,7 +27,7 @@ mod batch;
 mod lineage;
 mod read;
 
-pub use activity::{ActivityPage, ListedActivity, Recorded, StoredActivity};
+pub use activity::{ActivityPage, ActivityRow, ListedActivity, Recorded, StoredActivity};
 pub use batch::{BatchRow, Batched, Sealed};
 pub use lineage::{MergeReview, Resolution, Resolved, ReviewReason};
 

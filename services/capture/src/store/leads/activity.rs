@@ -56,18 +56,12 @@ enum Owner {
     Suppressed,
 }
 
-/// An activity of a lead as `ListActivities` shows it.
-#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+/// An activity of a lead as `ListActivities` shows it: what its event says, and more.
+#[derive(Debug, sqlx::FromRow)]
 pub struct ListedActivity {
-    pub activity_id: Uuid,
-    pub kind: String,
-    pub name: String,
-    pub asset: String,
-    pub url: String,
+    #[sqlx(flatten)]
+    pub activity: ActivityRow,
     pub title: String,
-    pub source_id: String,
-    pub anonymous: bool,
-    pub occurred_at: DateTime<Utc>,
     pub recorded_at: DateTime<Utc>,
     pub linked_at: Option<DateTime<Utc>>,
     pub record_id: Option<Uuid>,
@@ -82,15 +76,15 @@ type RecordedRow = (Option<Uuid>, bool, Vec<u8>, DateTime<Utc>);
 
 /// An activity as stored, for its event.
 #[derive(Debug, sqlx::FromRow)]
-struct ActivityRow {
-    activity_id: Uuid,
-    kind: String,
-    name: String,
-    asset: String,
-    url: String,
-    source_id: String,
-    anonymous: bool,
-    occurred_at: DateTime<Utc>,
+pub struct ActivityRow {
+    pub activity_id: Uuid,
+    pub kind: String,
+    pub name: String,
+    pub asset: String,
+    pub url: String,
+    pub source_id: String,
+    pub anonymous: bool,
+    pub occurred_at: DateTime<Utc>,
 }
 
 impl ActivityRow {
@@ -344,9 +338,8 @@ impl LeadStore {
 
     /// Finds whom a visitor's activity is for, creating the visitor when new: the surviving
     /// lead of the row it is linked to (locked first, as captures lock), else the visitor
-    /// itself. The
-    /// visitor's row stays locked, so a capture linking it waits for this activity and then
-    /// hands it to the lead. A link that changed meanwhile starts the attempt over.
+    /// itself. The visitor's row stays locked, so a capture linking it waits for this activity
+    /// and then hands it to the lead. A link that changed meanwhile starts the attempt over.
     async fn visitor_owner(
         &self,
         tx: &mut PgConnection,
@@ -466,11 +459,13 @@ impl LeadStore {
         .fetch_all(&mut *connection)
         .await
         .context("list activities")?;
-        let more = activities.len() > usize::try_from(page_size).unwrap_or(0);
-        activities.truncate(usize::try_from(page_size).unwrap_or(0));
-        let next = more
-            .then(|| activities.last().map(|activity| activity.activity_id))
-            .flatten();
+        let page_size = usize::try_from(page_size).unwrap_or_default();
+        let next = if activities.len() > page_size {
+            activities.truncate(page_size);
+            activities.last().map(|listed| listed.activity.activity_id)
+        } else {
+            None
+        };
         Ok(Some((root, activities, next)))
     }
 

@@ -184,15 +184,9 @@ impl LeadStore {
         for (lead_id, row) in &rows {
             keys.insert(*lead_id, self.open_key(*lead_id, row.data_key.as_deref())?);
         }
-        let mut touches_of: HashMap<Uuid, Vec<FamilyTouch>> = HashMap::new();
-        for touch in touches {
-            touches_of.entry(touch.root).or_default().push(touch);
-        }
+        let mut touches_of = by_root(touches.into_iter().map(|touch| (touch.root, touch)));
         let mut consents_of = self.open_consents(connection, &mut keys, stored).await?;
-        let mut merges_of: HashMap<Uuid, Vec<MergeRow>> = HashMap::new();
-        for merge in merges {
-            merges_of.entry(merge.root).or_default().push(merge.merge);
-        }
+        let mut merges_of = by_root(merges.into_iter().map(|merge| (merge.root, merge.merge)));
 
         let mut views = Vec::with_capacity(families.len());
         for root in roots {
@@ -360,4 +354,13 @@ impl LeadStore {
             .flatten();
         Ok((leads, next))
     }
+}
+
+/// Groups `(root, item)` pairs by root, keeping their order within each root.
+fn by_root<T>(items: impl IntoIterator<Item = (Uuid, T)>) -> HashMap<Uuid, Vec<T>> {
+    let mut grouped: HashMap<Uuid, Vec<T>> = HashMap::new();
+    for (root, item) in items {
+        grouped.entry(root).or_default().push(item);
+    }
+    grouped
 }
