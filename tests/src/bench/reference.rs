@@ -4,16 +4,12 @@
 //! copied from `services/capture/src/store/` and issued with sqlx (prepared, like the service)
 //! against the same database, schema, indexes, triggers and outbox relay:
 //!
-//! | statement            | mirrors                                                        |
-//! |----------------------|----------------------------------------------------------------|
-//! | [`SELECT_SUPPRESSED`]| `LeadStore::suppressed` (leads.rs), from `LeadStore::capture`  |
-//! | `BEGIN`              | `LeadStore::capture_once`: `self.pool.begin()`                 |
-//! | [`SELECT_KNOWN`]     | `capture_once`: the `FOR UPDATE` lookup by blind index         |
-//! | [`INSERT_LEAD`]      | `LeadStore::insert_lead`                                       |
-//! | [`INSERT_OUTBOX`]    | `Outbox::add` (libs/platform/src/events/outbox.rs), from `insert_lead` |
-//! | [`INSERT_TOUCH`]     | `LeadStore::insert_touch`                                      |
-//! | [`INSERT_CONSENT`]   | `LeadStore::insert_consent`                                    |
-//! | `COMMIT`             | `capture_once`: `self.outbox.commit(tx)` (its relay wake is no SQL) |
+//! | statement          | mirrors (`services/capture/src/store/leads.rs`)                     |
+//! |--------------------|---------------------------------------------------------------------|
+//! | `BEGIN`            | `LeadStore::capture_once`: `self.pool.begin()`                      |
+//! | [`SELECT_KNOWN`]   | `capture_in`: suppression and the `FOR UPDATE` lookup by blind index |
+//! | [`INSERT_CAPTURE`] | `LeadStore::insert_capture`: lead, touch, consent and outbox row     |
+//! | `COMMIT`           | `capture_once`: `self.outbox.commit(tx)` (its relay wake is no SQL)  |
 //!
 //! A new lead's answer is built from the values just written (`new_lead_view`), so no
 //! read-back is part of a capture either. Capture reads its source from a per-replica cache
@@ -27,10 +23,10 @@
 //!
 //! **R-copy** is a text `COPY` of the same rows, already normalized, into the same tables
 //! (`../shared/benchmarks.md` §2): each new lead's row in `capture.leads`, its touch, its
-//! consent record and its `lead.captured` outbox row (the columns `insert_lead`,
-//! `insert_touch`, `insert_consent` and `Outbox::add` write, with the values R-pg-capture
-//! binds), into a fresh database migrated by `capture migrate`. It copies every row as a new
-//! lead; the import also plans merges and rejections, which COPY cannot do.
+//! consent record and its `lead.captured` outbox row (the columns `insert_capture` writes,
+//! with the values R-pg-capture binds), into a fresh database migrated by `capture migrate`.
+//! It copies every row as a new lead; the import also plans merges and rejections, which
+//! COPY cannot do.
 
 use std::fmt::Write as _;
 use std::io::Write as _;
@@ -43,45 +39,40 @@ use leadflow_platform::pii::{Keyring, keyed_hash};
 use leadflow_proto::events::v1::{EmailDomainKind, LeadCaptured};
 use prost::Message;
 use secrecy::SecretString;
-use sqlx::{PgConnection, PgPool};
+use sqlx::{PgConnection, PgPool, Row as _};
 use uuid::Uuid;
 
 use crate::leads::{Lead, Rng, SOURCE};
 
 // --- R-pg-capture: the statements, verbatim from the service --------------------------------
 
-/// `LeadStore::suppressed`.
-pub const SELECT_SUPPRESSED: &str =
-    "SELECT 1 FROM capture.suppressions WHERE bidx = ANY($1) LIMIT 1";
+/// `LeadStore::capture_in`: whether the person is suppressed, and their leads, locked.
+pub const SELECT_KNOWN: &str = "SELECT s.suppressed, k.* \
+             FROM (SELECT EXISTS (SELECT 1 FROM capture.suppressions WHERE bidx IN ($1, $2)) AS suppressed) s \
+             LEFT JOIN LATERAL (SELECT lead_id, source_id, data_key, email_bidx, phone_bidx, first_name_sealed, \
+                 last_name_sealed, company, country, website, job_title, last_captured_at, \
+                 email_bidx = $1 AS by_email, created_at \
+               FROM capture.leads WHERE (email_bidx = $1 OR phone_bidx = $2) AND erased_at IS NULL FOR UPDATE) k ON true \
+             ORDER BY k.by_email DESC NULLS LAST, k.created_at";
 
-/// `LeadStore::capture_once`: the known person, locked for a merge.
-pub const SELECT_KNOWN: &str = "SELECT lead_id, source_id, data_key, email_bidx, phone_bidx, first_name_sealed, last_name_sealed, \
-                    company, country, website, job_title, last_captured_at \
-             FROM capture.leads WHERE (email_bidx = $1 OR phone_bidx = $2) AND erased_at IS NULL \
-             ORDER BY (email_bidx = $1) DESC NULLS LAST, created_at FOR UPDATE";
-
-/// `LeadStore::insert_lead`.
-pub const INSERT_LEAD: &str = "INSERT INTO capture.leads (lead_id, source_id, channel, campaign, data_key, email_bidx, phone_bidx, \
-               email_sealed, phone_sealed, first_name_sealed, last_name_sealed, email_kind, email_role, phone_region, \
-               phone_line_type, company, country, website, job_title, quality_score, email_digest, phone_digest, \
-               merged_into, merged_at) \
+/// `LeadStore::insert_capture`: the lead, its touch, its consent and its `lead.captured`
+/// outbox row (as `Outbox::envelope` builds it) in one statement.
+pub const INSERT_CAPTURE: &str = "WITH lead AS (INSERT INTO capture.leads (lead_id, source_id, channel, campaign, data_key, email_bidx, \
+               phone_bidx, email_sealed, phone_sealed, first_name_sealed, last_name_sealed, email_kind, email_role, \
+               phone_region, phone_line_type, company, country, website, job_title, quality_score, email_digest, \
+               phone_digest, merged_into, merged_at) \
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, \
                $23, CASE WHEN $23::uuid IS NULL THEN NULL ELSE now() END) \
-             RETURNING created_at";
-
-/// `Outbox::add` with schema `capture`.
-pub const INSERT_OUTBOX: &str =
-    "INSERT INTO capture.outbox (event_id, stream, event_type, envelope) VALUES ($1, $2, $3, $4)";
-
-/// `LeadStore::insert_touch`.
-pub const INSERT_TOUCH: &str = "INSERT INTO capture.touches (touch_id, lead_id, source_id, channel, campaign, utm_source, utm_medium, \
-               utm_campaign, utm_term, utm_content, gclid, fbclid, referrer, landing_page) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)";
-
-/// `LeadStore::insert_consent`.
-pub const INSERT_CONSENT: &str = "INSERT INTO capture.consents (consent_id, lead_id, channels, disclosure_text, disclosure_sha256, \
-               form_url, form_version, ip_sealed, user_agent_sealed, legal_basis, given_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, COALESCE($11, now()))";
+             RETURNING created_at), \
+             touch AS (INSERT INTO capture.touches (touch_id, lead_id, source_id, channel, campaign, utm_source, \
+               utm_medium, utm_campaign, utm_term, utm_content, gclid, fbclid, referrer, landing_page) \
+             VALUES ($24, $1, $2, $3, $4, $25, $26, $27, $28, $29, $30, $31, $32, $33)), \
+             consent AS (INSERT INTO capture.consents (consent_id, lead_id, channels, disclosure_text, \
+               disclosure_sha256, form_url, form_version, ip_sealed, user_agent_sealed, legal_basis, given_at) \
+             SELECT $34, $1, $35, $36, $37, $38, $39, $40, $41, $42, COALESCE($43, now()) WHERE $34::uuid IS NOT NULL), \
+             event AS (INSERT INTO capture.outbox (event_id, stream, event_type, envelope) \
+             SELECT $44, $45, $46, $47 WHERE $44::uuid IS NOT NULL) \
+             SELECT created_at FROM lead";
 
 /// AES-256-GCM nonce + tag around every sealed value.
 const SEAL_OVERHEAD: usize = 12 + 16;
@@ -235,22 +226,19 @@ pub async fn capture_new_lead(
     let attribution = request.attribution.clone().unwrap_or_default();
     let consent = request.consent.clone().unwrap_or_default();
 
-    // LeadStore::capture → suppressed (on the pool).
-    let identities = vec![capture.email_bidx.clone(), capture.phone_bidx.clone()];
-    let _suppressed = sqlx::query(SELECT_SUPPRESSED)
-        .bind(&identities)
-        .fetch_optional(pool)
-        .await?;
-    // LeadStore::capture_once.
+    // LeadStore::capture_once → capture_in.
     let mut tx = pool.begin().await?;
     let known = sqlx::query(SELECT_KNOWN)
         .bind(&capture.email_bidx)
         .bind(&capture.phone_bidx)
         .fetch_all(&mut *tx)
         .await?;
-    debug_assert!(known.is_empty(), "reference leads are new people");
-    // insert_lead.
-    sqlx::query(INSERT_LEAD)
+    debug_assert!(
+        known.len() == 1 && known[0].try_get::<Option<Uuid>, _>("lead_id").ok() == Some(None),
+        "reference leads are new, unsuppressed people"
+    );
+    // insert_capture.
+    sqlx::query(INSERT_CAPTURE)
         .bind(capture.lead_id)
         .bind(SOURCE)
         .bind(&normalized.channel)
@@ -274,23 +262,7 @@ pub async fn capture_new_lead(
         .bind(&capture.email_bidx)
         .bind(&capture.phone_bidx)
         .bind(None::<Uuid>)
-        .fetch_one(&mut *tx)
-        .await?;
-    // insert_lead → Outbox::add.
-    sqlx::query(INSERT_OUTBOX)
-        .bind(capture.event_id)
-        .bind(&material.stream)
-        .bind(types::LEAD_CAPTURED)
-        .bind(&capture.envelope)
-        .execute(&mut *tx)
-        .await?;
-    // insert_touch.
-    sqlx::query(INSERT_TOUCH)
         .bind(capture.touch_id)
-        .bind(capture.lead_id)
-        .bind(SOURCE)
-        .bind(&normalized.channel)
-        .bind(&normalized.campaign)
         .bind(&attribution.utm_source)
         .bind(&attribution.utm_medium)
         .bind(&attribution.utm_campaign)
@@ -300,22 +272,21 @@ pub async fn capture_new_lead(
         .bind(&attribution.fbclid)
         .bind(&attribution.referrer)
         .bind(&attribution.landing_page)
-        .execute(&mut *tx)
-        .await?;
-    // insert_consent.
-    sqlx::query(INSERT_CONSENT)
-        .bind(capture.consent_id)
-        .bind(capture.lead_id)
-        .bind(&normalized.consent_channels)
-        .bind(&consent.disclosure_text)
-        .bind(&capture.disclosure_sha256)
-        .bind(&consent.form_url)
-        .bind(&consent.form_version)
+        .bind(Some(capture.consent_id))
+        .bind(Some(&normalized.consent_channels))
+        .bind(Some(&consent.disclosure_text))
+        .bind(Some(&capture.disclosure_sha256))
+        .bind(Some(&consent.form_url))
+        .bind(Some(&consent.form_version))
         .bind(&capture.ip_sealed)
         .bind(&capture.user_agent_sealed)
-        .bind("LEGAL_BASIS_CONSENT")
+        .bind(Some("LEGAL_BASIS_CONSENT"))
         .bind(None::<sqlx::types::chrono::DateTime<sqlx::types::chrono::Utc>>)
-        .execute(&mut *tx)
+        .bind(Some(capture.event_id))
+        .bind(&material.stream)
+        .bind(types::LEAD_CAPTURED)
+        .bind(Some(&capture.envelope))
+        .fetch_one(&mut *tx)
         .await?;
     tx.commit().await?;
     Ok(())
@@ -323,20 +294,20 @@ pub async fn capture_new_lead(
 
 // --- R-copy ---------------------------------------------------------------------------------
 
-/// The columns `insert_lead` writes.
+/// The columns `insert_capture` writes into `capture.leads`.
 pub const COPY_LEADS: &str = "COPY capture.leads (lead_id, source_id, channel, campaign, data_key, email_bidx, phone_bidx, \
      email_sealed, phone_sealed, first_name_sealed, last_name_sealed, email_kind, email_role, phone_region, \
      phone_line_type, company, country, website, job_title, quality_score, email_digest, phone_digest) FROM STDIN";
 
-/// The columns `insert_touch` writes.
+/// The columns `insert_capture` writes into `capture.touches`.
 pub const COPY_TOUCHES: &str = "COPY capture.touches (touch_id, lead_id, source_id, channel, campaign, utm_source, utm_medium, \
      utm_campaign, utm_term, utm_content, gclid, fbclid, referrer, landing_page) FROM STDIN";
 
-/// The columns `insert_consent` writes.
+/// The columns `insert_capture` writes into `capture.consents`.
 pub const COPY_CONSENTS: &str = "COPY capture.consents (consent_id, lead_id, channels, disclosure_text, disclosure_sha256, \
      form_url, form_version, ip_sealed, user_agent_sealed, legal_basis, given_at) FROM STDIN";
 
-/// The columns `Outbox::add` writes.
+/// The columns `insert_capture` writes into `capture.outbox`.
 pub const COPY_OUTBOX: &str =
     "COPY capture.outbox (event_id, stream, event_type, envelope) FROM STDIN";
 
@@ -597,15 +568,9 @@ mod tests {
     #[test]
     fn reference_sql_is_the_service_sql() {
         let leads = unescaped_source("services/capture/src/store/leads.rs");
-        let outbox = unescaped_source("libs/platform/src/events/outbox.rs")
-            .replace("INSERT INTO {}.outbox", "INSERT INTO capture.outbox");
         for (name, sql, file) in [
-            ("SELECT_SUPPRESSED", SELECT_SUPPRESSED, &leads),
             ("SELECT_KNOWN", SELECT_KNOWN, &leads),
-            ("INSERT_LEAD", INSERT_LEAD, &leads),
-            ("INSERT_OUTBOX", INSERT_OUTBOX, &outbox),
-            ("INSERT_TOUCH", INSERT_TOUCH, &leads),
-            ("INSERT_CONSENT", INSERT_CONSENT, &leads),
+            ("INSERT_CAPTURE", INSERT_CAPTURE, &leads),
         ] {
             assert!(
                 file.contains(&format!("\"{sql}\"")),

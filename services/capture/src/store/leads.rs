@@ -15,7 +15,8 @@ use leadflow_proto::capture::v1::Attribution;
 use leadflow_proto::events::v1::{
     EmailDomainKind, LeadCaptured, LeadErased, LeadMerged, LeadRejected, LeadReturned,
 };
-use sqlx::{PgConnection, PgPool};
+use prost::Message as _;
+use sqlx::{FromRow as _, PgConnection, PgPool, Row as _};
 use uuid::Uuid;
 
 use crate::domain::evidence::Consent;
@@ -337,6 +338,17 @@ struct Known {
     last_captured_at: DateTime<Utc>,
 }
 
+/// A capture's row as inserted.
+struct Inserted {
+    /// The new lead's or record's id.
+    row_id: Uuid,
+    /// Its data key.
+    key: DataKey,
+    created_at: DateTime<Utc>,
+    /// Its consent record, when the capture carried consent.
+    consent_id: Option<Uuid>,
+}
+
 /// How a capture's row is inserted: its identities, which of them it claims, and the lead it
 /// is merged into when it is a record.
 #[derive(Debug, Clone, Copy)]
@@ -563,16 +575,6 @@ impl LeadStore {
         }
     }
 
-    /// Returns whether any of the person's identities is suppressed.
-    async fn suppressed(&self, bidxs: &[Vec<u8>]) -> Result<bool, StoreError> {
-        let found: Option<(i32,)> =
-            sqlx::query_as("SELECT 1 FROM capture.suppressions WHERE bidx = ANY($1) LIMIT 1")
-                .bind(bidxs)
-                .fetch_optional(&self.pool)
-                .await?;
-        Ok(found.is_some())
-    }
-
     /// Stores a capture: a new lead, or a merge into the person's lead, with its touch,
     /// consent and event; retried on conflicts so concurrent captures of one person make one
     /// lead. `respond` turns the result into the answer stored for `idempotency`.
@@ -584,21 +586,6 @@ impl LeadStore {
         respond: &(dyn Fn(&Captured) -> Vec<u8> + Send + Sync),
     ) -> Result<Captured, StoreError> {
         let (email_bidx, phone_bidx) = self.identities(request);
-        let identities: Vec<Vec<u8>> = email_bidx
-            .iter()
-            .chain(phone_bidx.iter())
-            .cloned()
-            .collect();
-        if self.suppressed(&identities).await? {
-            // An erased person comes back only with fresh consent, which lifts the suppression.
-            if request.consent.is_none() {
-                return Err(StoreError::Suppressed);
-            }
-            sqlx::query("DELETE FROM capture.suppressions WHERE bidx = ANY($1)")
-                .bind(&identities)
-                .execute(&self.pool)
-                .await?;
-        }
         let attempt = || async {
             self.capture_once(
                 source,
@@ -693,16 +680,41 @@ impl LeadStore {
         phone_bidx: Option<&[u8]>,
         decision: Decision,
     ) -> Result<(Captured, DataKey), StoreError> {
-        let known: Vec<Known> = sqlx::query_as(
-            "SELECT lead_id, source_id, data_key, email_bidx, phone_bidx, first_name_sealed, last_name_sealed, \
-                    company, country, website, job_title, last_captured_at \
-             FROM capture.leads WHERE (email_bidx = $1 OR phone_bidx = $2) AND erased_at IS NULL \
-             ORDER BY (email_bidx = $1) DESC NULLS LAST, created_at FOR UPDATE",
+        // One round trip: whether the person is suppressed, and their leads, locked.
+        let rows = sqlx::query(
+            "SELECT s.suppressed, k.* \
+             FROM (SELECT EXISTS (SELECT 1 FROM capture.suppressions WHERE bidx IN ($1, $2)) AS suppressed) s \
+             LEFT JOIN LATERAL (SELECT lead_id, source_id, data_key, email_bidx, phone_bidx, first_name_sealed, \
+                 last_name_sealed, company, country, website, job_title, last_captured_at, \
+                 email_bidx = $1 AS by_email, created_at \
+               FROM capture.leads WHERE (email_bidx = $1 OR phone_bidx = $2) AND erased_at IS NULL FOR UPDATE) k ON true \
+             ORDER BY k.by_email DESC NULLS LAST, k.created_at",
         )
         .bind(email_bidx)
         .bind(phone_bidx)
         .fetch_all(&mut *tx)
         .await?;
+        let suppressed = match rows.first() {
+            Some(row) => row.try_get::<bool, _>("suppressed")?,
+            None => false,
+        };
+        if suppressed && decision == Decision::Policy {
+            // An erased person comes back only with fresh consent, which lifts the suppression.
+            if request.consent.is_none() {
+                return Err(StoreError::Suppressed);
+            }
+            sqlx::query("DELETE FROM capture.suppressions WHERE bidx IN ($1, $2)")
+                .bind(email_bidx)
+                .bind(phone_bidx)
+                .execute(&mut *tx)
+                .await?;
+        }
+        let mut known = Vec::with_capacity(rows.len());
+        for row in &rows {
+            if row.try_get::<Option<Uuid>, _>("lead_id")?.is_some() {
+                known.push(Known::from_row(row)?);
+            }
+        }
         let existing = match (known.first(), decision) {
             (_, Decision::KeepSeparate) | (None, _) => {
                 // A lead of its own claims the identities nobody holds (all, when new).
@@ -716,18 +728,15 @@ impl LeadStore {
                     claim_phone: phone_bidx.is_some_and(|bidx| !held.contains(&bidx)),
                     ..NewRow::lead(email_bidx, phone_bidx)
                 };
-                let (lead_id, key, created_at) = self.insert_lead(tx, source, request, row).await?;
-                self.insert_touch(tx, lead_id, source, request).await?;
-                let consent_id = match &request.consent {
-                    Some(consent) => Some(self.insert_consent(tx, lead_id, &key, consent).await?),
-                    None => None,
-                };
+                let inserted = self.insert_capture(tx, source, request, row).await?;
+                let (lead_id, key, consent_id) =
+                    (inserted.row_id, inserted.key, inserted.consent_id);
                 if let Some(visitor_id) = request.lead.visitor_id {
                     self.link_visitor(tx, visitor_id, lead_id, lead_id).await?;
                 }
                 // Answered from what was just written rather than read back: every value
                 // is one this transaction stored, and its `now()` is `created_at`.
-                let lead = new_lead_view(lead_id, source, request, created_at, consent_id);
+                let lead = new_lead_view(lead_id, source, request, inserted.created_at, consent_id);
                 let captured = Captured {
                     outcome: Outcome::Created,
                     lead,
@@ -777,12 +786,7 @@ impl LeadStore {
             merged_into: Some(existing.lead_id),
             ..NewRow::lead(email_bidx, phone_bidx)
         };
-        let (record_id, record_key, _) = self.insert_lead(tx, source, request, row).await?;
-        self.insert_touch(tx, record_id, source, request).await?;
-        if let Some(consent) = &request.consent {
-            self.insert_consent(tx, record_id, &record_key, consent)
-                .await?;
-        }
+        let record_id = self.insert_capture(tx, source, request, row).await?.row_id;
         let incoming = Incoming::capture(record_id, source, request, email_bidx, phone_bidx);
         let merge_id = self.fold(tx, existing, &key, &incoming, review_id).await?;
         if let Some(visitor_id) = request.lead.visitor_id {
@@ -800,29 +804,60 @@ impl LeadStore {
         };
         Ok((captured, key))
     }
-    /// Inserts a capture as a row of its own under a new data key: a new lead claiming the
-    /// identities in `row`, or a record merged into `row.merged_into` claiming none.
-    async fn insert_lead(
+    /// Inserts a capture as a row of its own under a new data key, in one statement with
+    /// its touch, its consent record (when it carries consent) and, for a new lead, its
+    /// `lead.captured` event: a new lead claiming the identities in `row`, or a record merged
+    /// into `row.merged_into` claiming none.
+    async fn insert_capture(
         &self,
         tx: &mut PgConnection,
         source: &SourcePolicy,
         request: &CaptureRequest,
         row: NewRow<'_>,
-    ) -> Result<(Uuid, DataKey, DateTime<Utc>), StoreError> {
+    ) -> Result<Inserted, StoreError> {
         let lead = &request.lead;
+        let attribution = &request.attribution;
         let lead_id = Uuid::now_v7();
         let owner = lead_id.as_bytes();
         let (key, wrapped) = self.keyring.new_data_key(owner).context("new data key")?;
         let seal =
             |field: &str, text: &str| key.seal_text(owner, field, text).context("seal field");
+        let consent = request.consent.as_ref();
+        let consent_id = consent.map(|_| Uuid::now_v7());
+        let seal_consent = |field: &str, text: &str| match consent_id {
+            Some(consent_id) => key
+                .seal_text(consent_id.as_bytes(), field, text)
+                .context("seal consent field"),
+            None => Ok(None),
+        };
+        let event = match row.merged_into {
+            None => {
+                let payload = self.captured_event(lead_id, request);
+                let envelope = self
+                    .outbox
+                    .envelope(types::LEAD_CAPTURED, Some(lead_id), &payload);
+                let event_id = Uuid::parse_str(&envelope.event_id).context("parse event id")?;
+                Some((event_id, envelope.encode_to_vec()))
+            }
+            Some(_) => None,
+        };
         let created_at: DateTime<Utc> = sqlx::query_scalar(
-            "INSERT INTO capture.leads (lead_id, source_id, channel, campaign, data_key, email_bidx, phone_bidx, \
-               email_sealed, phone_sealed, first_name_sealed, last_name_sealed, email_kind, email_role, phone_region, \
-               phone_line_type, company, country, website, job_title, quality_score, email_digest, phone_digest, \
-               merged_into, merged_at) \
+            "WITH lead AS (INSERT INTO capture.leads (lead_id, source_id, channel, campaign, data_key, email_bidx, \
+               phone_bidx, email_sealed, phone_sealed, first_name_sealed, last_name_sealed, email_kind, email_role, \
+               phone_region, phone_line_type, company, country, website, job_title, quality_score, email_digest, \
+               phone_digest, merged_into, merged_at) \
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, \
                $23, CASE WHEN $23::uuid IS NULL THEN NULL ELSE now() END) \
-             RETURNING created_at",
+             RETURNING created_at), \
+             touch AS (INSERT INTO capture.touches (touch_id, lead_id, source_id, channel, campaign, utm_source, \
+               utm_medium, utm_campaign, utm_term, utm_content, gclid, fbclid, referrer, landing_page) \
+             VALUES ($24, $1, $2, $3, $4, $25, $26, $27, $28, $29, $30, $31, $32, $33)), \
+             consent AS (INSERT INTO capture.consents (consent_id, lead_id, channels, disclosure_text, \
+               disclosure_sha256, form_url, form_version, ip_sealed, user_agent_sealed, legal_basis, given_at) \
+             SELECT $34, $1, $35, $36, $37, $38, $39, $40, $41, $42, COALESCE($43, now()) WHERE $34::uuid IS NOT NULL), \
+             event AS (INSERT INTO capture.outbox (event_id, stream, event_type, envelope) \
+             SELECT $44, $45, $46, $47 WHERE $44::uuid IS NOT NULL) \
+             SELECT created_at FROM lead",
         )
         .bind(lead_id)
         .bind(&source.source_id)
@@ -847,16 +882,39 @@ impl LeadStore {
         .bind(row.email_digest)
         .bind(row.phone_digest)
         .bind(row.merged_into)
+        .bind(Uuid::now_v7())
+        .bind(&attribution.utm_source)
+        .bind(&attribution.utm_medium)
+        .bind(&attribution.utm_campaign)
+        .bind(&attribution.utm_term)
+        .bind(&attribution.utm_content)
+        .bind(&attribution.gclid)
+        .bind(&attribution.fbclid)
+        .bind(&attribution.referrer)
+        .bind(&attribution.landing_page)
+        .bind(consent_id)
+        .bind(consent.map(Consent::channel_names))
+        .bind(consent.map(|consent| &consent.disclosure_text))
+        .bind(consent.map(|consent| &consent.disclosure_sha256))
+        .bind(consent.map(|consent| &consent.form_url))
+        .bind(consent.map(|consent| &consent.form_version))
+        .bind(seal_consent("ip_address", &consent.map(Consent::ip_text).unwrap_or_default())?)
+        .bind(seal_consent("user_agent", consent.map_or("", |consent| &consent.user_agent))?)
+        .bind(consent.map(|consent| consent.legal_basis.as_str_name()))
+        .bind(consent.and_then(|consent| consent.given_at))
+        .bind(event.as_ref().map(|(event_id, _)| *event_id))
+        .bind(self.outbox.stream())
+        .bind(types::LEAD_CAPTURED)
+        .bind(event.map(|(_, envelope)| envelope))
         .fetch_one(&mut *tx)
         .await
-        .context("insert lead")?;
-        if row.merged_into.is_none() {
-            let event = self.captured_event(lead_id, request);
-            self.outbox
-                .add(tx, types::LEAD_CAPTURED, lead_id, &event)
-                .await?;
-        }
-        Ok((lead_id, key, created_at))
+        .context("insert capture")?;
+        Ok(Inserted {
+            row_id: lead_id,
+            key,
+            created_at,
+            consent_id,
+        })
     }
 
     /// Folds a row into a known lead: its empty fields are filled (sealed under the lead's
@@ -974,71 +1032,6 @@ impl LeadStore {
         tracing::info!(lead_id = %lead_id, %merge_id, kind = incoming.kind.as_str(), first_source = %existing.source_id, "merged into known lead");
         Ok(merge_id)
     }
-    async fn insert_touch(
-        &self,
-        tx: &mut PgConnection,
-        lead_id: Uuid,
-        source: &SourcePolicy,
-        request: &CaptureRequest,
-    ) -> Result<(), StoreError> {
-        let attribution = &request.attribution;
-        sqlx::query(
-            "INSERT INTO capture.touches (touch_id, lead_id, source_id, channel, campaign, utm_source, utm_medium, \
-               utm_campaign, utm_term, utm_content, gclid, fbclid, referrer, landing_page) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)",
-        )
-        .bind(Uuid::now_v7())
-        .bind(lead_id)
-        .bind(&source.source_id)
-        .bind(&request.lead.channel)
-        .bind(&request.lead.campaign)
-        .bind(&attribution.utm_source)
-        .bind(&attribution.utm_medium)
-        .bind(&attribution.utm_campaign)
-        .bind(&attribution.utm_term)
-        .bind(&attribution.utm_content)
-        .bind(&attribution.gclid)
-        .bind(&attribution.fbclid)
-        .bind(&attribution.referrer)
-        .bind(&attribution.landing_page)
-        .execute(&mut *tx)
-        .await
-        .context("insert touch")?;
-        Ok(())
-    }
-
-    async fn insert_consent(
-        &self,
-        tx: &mut PgConnection,
-        lead_id: Uuid,
-        key: &DataKey,
-        consent: &Consent,
-    ) -> Result<Uuid, StoreError> {
-        let consent_id = Uuid::now_v7();
-        let owner = consent_id.as_bytes();
-        let ip = consent.ip_text();
-        sqlx::query(
-            "INSERT INTO capture.consents (consent_id, lead_id, channels, disclosure_text, disclosure_sha256, \
-               form_url, form_version, ip_sealed, user_agent_sealed, legal_basis, given_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, COALESCE($11, now()))",
-        )
-        .bind(consent_id)
-        .bind(lead_id)
-        .bind(consent.channel_names())
-        .bind(&consent.disclosure_text)
-        .bind(&consent.disclosure_sha256)
-        .bind(&consent.form_url)
-        .bind(&consent.form_version)
-        .bind(key.seal_text(owner, "ip_address", &ip).context("seal ip")?)
-        .bind(key.seal_text(owner, "user_agent", &consent.user_agent).context("seal user agent")?)
-        .bind(consent.legal_basis.as_str_name())
-        .bind(consent.given_at)
-        .execute(&mut *tx)
-        .await
-        .context("insert consent")?;
-        Ok(consent_id)
-    }
-
     fn captured_event(&self, lead_id: Uuid, request: &CaptureRequest) -> LeadCaptured {
         let lead = &request.lead;
         let email_domain_kind = match &lead.email {
