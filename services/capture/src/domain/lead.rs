@@ -6,7 +6,6 @@ use std::sync::LazyLock;
 use email_address::EmailAddress;
 use leadflow_platform::validation::FieldViolations;
 use leadflow_proto::capture::v1::LeadInput;
-use phonenumber::Mode;
 use phonenumber::country::Id as Region;
 
 use super::phone_patterns;
@@ -411,7 +410,9 @@ pub fn parse_phone(raw: &str, region: Region) -> Result<Option<Phone>, &'static 
         _ => None,
     };
     Ok(Some(Phone {
-        e164: number.format().mode(Mode::E164).to_string(),
+        // E.164 is `+`, the country code and the national number (phonenumber's formatter
+        // writes exactly this, after matching every national format's patterns for nothing).
+        e164: format!("+{}{}", number.code().value(), number.national()),
         region: number.country().id().map(|id| id.as_ref().to_owned()),
         line_type,
     }))
@@ -501,6 +502,28 @@ mod tests {
     use proptest::prelude::*;
 
     const US: Region = Region::US;
+
+    #[test]
+    fn e164_is_what_phonenumbers_formatter_writes() {
+        // Every example number of every region, written in international form.
+        let mut compared = 0;
+        for metadata in phonenumber::metadata::DATABASE.iter() {
+            let examples = crate::domain::phone_patterns::descriptors(metadata)
+                .filter_map(|descriptor| descriptor.example());
+            for example in examples {
+                let raw = format!("+{} {example}", metadata.country_code());
+                let Ok(number) = phonenumber::parse(None, &raw) else {
+                    continue;
+                };
+                let theirs = number.format().mode(phonenumber::Mode::E164).to_string();
+                if let Ok(Some(phone)) = parse_phone(&raw, US) {
+                    assert_eq!(phone.e164, theirs, "{raw}");
+                    compared += 1;
+                }
+            }
+        }
+        assert!(compared > 1_000, "only {compared} numbers compared");
+    }
 
     fn input() -> LeadInput {
         LeadInput {

@@ -87,7 +87,7 @@ fn compile(source: &str) -> Result<regex::Regex, regex::Error> {
 }
 
 /// Every number-type descriptor of a region's metadata.
-fn descriptors(metadata: &Metadata) -> impl Iterator<Item = &Descriptor> {
+pub(crate) fn descriptors(metadata: &Metadata) -> impl Iterator<Item = &Descriptor> {
     let descriptors = metadata.descriptors();
     [
         Some(descriptors.general()),
