@@ -324,6 +324,15 @@ async fn an_erased_lead_keeps_no_personal_data_and_is_not_recaptured_without_fre
     assert_ne!(back.lead_id, lead_id, "a new lead, not the erased one");
     assert_eq!(back.email, ERASED.email);
     assert_eq!(back.touch_count, 1);
+    let (suppressed,): (i64,) =
+        sqlx::query_as("SELECT count(*) FROM capture.suppressions WHERE bidx = ANY($1)")
+            .bind(vec![email_bidx.clone(), phone_bidx.clone()])
+            .fetch_one(&mut db)
+            .await?;
+    assert_eq!(
+        suppressed, 0,
+        "fresh consent lifted the suppression with the capture"
+    );
 
     // Erasing again is a no-op that answers the same.
     let again = capture
