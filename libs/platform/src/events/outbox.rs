@@ -117,7 +117,8 @@ impl Outbox {
     }
 
     /// Returns the envelope of an event about `lead_id` (or none), to be added with
-    /// [`Outbox::add_many`].
+    /// [`Outbox::add_many`], or by a statement of the service's own that writes the row
+    /// `Outbox::add` would (`event_id`, `stream`, `event_type`, `envelope`) with other rows.
     pub fn envelope(
         &self,
         event_type: &str,

@@ -807,7 +807,8 @@ impl LeadStore {
     /// Inserts a capture as a row of its own under a new data key, in one statement with
     /// its touch, its consent record (when it carries consent) and, for a new lead, its
     /// `lead.captured` event: a new lead claiming the identities in `row`, or a record merged
-    /// into `row.merged_into` claiming none.
+    /// into `row.merged_into` claiming none. The outbox row is the one `Outbox::add` writes,
+    /// and the transaction commits through `Outbox::commit` as every other.
     async fn insert_capture(
         &self,
         tx: &mut PgConnection,
