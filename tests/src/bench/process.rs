@@ -309,13 +309,7 @@ impl Server {
 
     /// Returns the process's user + system CPU time in clock ticks.
     pub fn cpu_ticks(&self) -> Option<u64> {
-        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.pid)).ok()?;
-        // Fields after the command name (which may hold spaces) start at field 3.
-        let after = stat.rsplit_once(')')?.1;
-        let fields: Vec<&str> = after.split_whitespace().collect();
-        let utime: u64 = fields.get(11)?.parse().ok()?;
-        let stime: u64 = fields.get(12)?.parse().ok()?;
-        Some(utime + stime)
+        cpu_ticks(&format!("/proc/{}/stat", self.pid)).map(|(_, ticks)| ticks)
     }
 
     /// Stops the process: SIGTERM (capture drains and flushes its outbox) or closed stdin
@@ -341,6 +335,44 @@ impl Server {
             }
         }
     }
+}
+
+/// Returns the command name and user + system CPU time (clock ticks) in a `/proc/<pid>/stat`.
+fn cpu_ticks(stat_path: &str) -> Option<(String, u64)> {
+    let stat = std::fs::read_to_string(stat_path).ok()?;
+    // The command name is in parentheses and may hold spaces; the fields after it start at 3.
+    let (head, after) = stat.rsplit_once(')')?;
+    let name = head.split_once('(')?.1.to_owned();
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    let utime: u64 = fields.get(11)?.parse().ok()?;
+    let stime: u64 = fields.get(12)?.parse().ok()?;
+    Some((name, utime + stime))
+}
+
+/// Returns this process's user + system CPU time in clock ticks (all its threads).
+pub fn own_cpu_ticks() -> Option<u64> {
+    cpu_ticks("/proc/self/stat").map(|(_, ticks)| ticks)
+}
+
+/// Returns the user + system CPU time, in clock ticks, of every process named `postgres` (the
+/// postmaster, its backends and its background workers) that is alive now.
+pub fn postgres_cpu_ticks() -> u64 {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return 0;
+    };
+    entries
+        .flatten()
+        .filter(|entry| {
+            entry
+                .file_name()
+                .to_string_lossy()
+                .bytes()
+                .all(|b| b.is_ascii_digit())
+        })
+        .filter_map(|entry| cpu_ticks(&format!("{}/stat", entry.path().display())))
+        .filter(|(name, _)| name == "postgres")
+        .map(|(_, ticks)| ticks)
+        .sum()
 }
 
 /// Returns VmRSS of `pid` in KiB, from `/proc/<pid>/status`.

@@ -596,6 +596,46 @@ struct B2 {
     rss: RssSeen,
 }
 
+/// CPU clock ticks, at one moment, of the processes a B2 phase runs on.
+struct CpuSnapshot {
+    capture: Option<u64>,
+    postgres: u64,
+    bench: Option<u64>,
+}
+
+impl CpuSnapshot {
+    fn take(fixture: &Fixture) -> Self {
+        Self {
+            capture: fixture.capture.cpu_ticks(),
+            postgres: process::postgres_cpu_ticks(),
+            bench: process::own_cpu_ticks(),
+        }
+    }
+}
+
+/// CPU clock ticks the processes spent over one side's B2 phases, and the leads they made.
+#[derive(Debug, Default)]
+struct PhaseCpu {
+    capture: u64,
+    postgres: u64,
+    bench: u64,
+    leads: u64,
+}
+
+impl PhaseCpu {
+    /// Adds a phase that made `leads`; a phase whose counters could not be read is left out.
+    fn add(&mut self, before: &CpuSnapshot, after: &CpuSnapshot, leads: u64) {
+        let (Some(capture_before), Some(capture_after), Some(bench_before), Some(bench_after)) =
+            (before.capture, after.capture, before.bench, after.bench)
+        else {
+            return;
+        };
+        self.capture += capture_after.saturating_sub(capture_before);
+        self.postgres += after.postgres.saturating_sub(before.postgres);
+        self.bench += bench_after.saturating_sub(bench_before);
+        self.leads += leads;
+    }
+}
 async fn b2(plan: &Plan, fixture: &Fixture, report: &mut Report) -> anyhow::Result<B2> {
     let subject = capture_op(fixture);
     let reference = reference_op(fixture);
@@ -625,7 +665,7 @@ async fn b2(plan: &Plan, fixture: &Fixture, report: &mut Report) -> anyhow::Resu
     let mut subject_latency = load::histogram();
     let mut reference_latency = load::histogram();
     let (mut subject_errors, mut reference_errors) = (0, 0);
-    let (mut cpu_ticks, mut subject_ok) = (0u64, 0u64);
+    let (mut subject_cpu, mut reference_cpu) = (PhaseCpu::default(), PhaseCpu::default());
     for round in 0..plan.rounds {
         let mut subject_phase = None;
         let mut reference_phase = None;
@@ -633,17 +673,15 @@ async fn b2(plan: &Plan, fixture: &Fixture, report: &mut Report) -> anyhow::Resu
         let subject_first = round % 2 == 1;
         for side in 0..2 {
             let _left = outbox_settled(fixture, Duration::from_secs(5)).await;
+            let before = CpuSnapshot::take(fixture);
             if (side == 0) == subject_first {
-                let before = fixture.capture.cpu_ticks();
                 let phase = load::closed_loop(plan.clients, plan.round, subject.clone()).await;
-                if let (Some(before), Some(after)) = (before, fixture.capture.cpu_ticks()) {
-                    cpu_ticks += after.saturating_sub(before);
-                    subject_ok += phase.ok;
-                }
+                subject_cpu.add(&before, &CpuSnapshot::take(fixture), phase.ok);
                 subject_phase = Some(phase);
             } else {
-                reference_phase =
-                    Some(load::closed_loop(plan.clients, plan.round, reference.clone()).await);
+                let phase = load::closed_loop(plan.clients, plan.round, reference.clone()).await;
+                reference_cpu.add(&before, &CpuSnapshot::take(fixture), phase.ok);
+                reference_phase = Some(phase);
             }
         }
         let (Some(subject_phase), Some(reference_phase)) = (subject_phase, reference_phase) else {
@@ -713,12 +751,25 @@ async fn b2(plan: &Plan, fixture: &Fixture, report: &mut Report) -> anyhow::Resu
             plan.clients
         ));
     }
-    if subject_ok > 0 {
-        let micros = cpu_ticks as f64 * 1_000_000.0 / fixture.clock_ticks as f64;
+    let per_lead = |ticks: u64, cpu: &PhaseCpu| {
+        let micros = ticks as f64 * 1_000_000.0 / fixture.clock_ticks as f64;
+        format!("{:.0} µs", micros / cpu.leads.max(1) as f64)
+    };
+    if subject_cpu.leads > 0 {
         report.figure(format!(
-            "B14 context capture process CPU under B2: {:.0} µs per lead (user+system, relay included; /proc/<pid>/stat at {} ticks/s)",
-            micros / subject_ok as f64,
+            "B14 context capture process CPU under B2: {} per lead (user+system, relay included; /proc/<pid>/stat at {} ticks/s)",
+            per_lead(subject_cpu.capture, &subject_cpu),
             fixture.clock_ticks
+        ));
+    }
+    if subject_cpu.leads > 0 && reference_cpu.leads > 0 {
+        report.figure(format!(
+            "B2 CPU      per lead, CaptureLead: capture {}, Postgres {}, bench (gRPC client) {}; R-pg-capture: Postgres {}, bench (sqlx client) {} (Postgres: every process named postgres)",
+            per_lead(subject_cpu.capture, &subject_cpu),
+            per_lead(subject_cpu.postgres, &subject_cpu),
+            per_lead(subject_cpu.bench, &subject_cpu),
+            per_lead(reference_cpu.postgres, &reference_cpu),
+            per_lead(reference_cpu.bench, &reference_cpu)
         ));
     }
     if left != 0 {
