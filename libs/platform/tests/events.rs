@@ -972,3 +972,90 @@ async fn republishing_since_a_time_sends_those_events_again_in_order() {
         "the events since then, again, in their order"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_row_committing_far_behind_the_floor_is_published_while_wakes_keep_coming() {
+    let env = TestEnv::new().await;
+    let stream = env.stream("capture");
+    let wake = OutboxWake::new();
+    let outbox = woken_outbox(&stream, wake.clone());
+    let (token, task) = start(woken_relay(&env, Duration::from_millis(300), wake)).await;
+
+    // A transaction takes its outbox id first and commits last.
+    let mut straggler = env.pool.begin().await.expect("begin");
+    let late = add(&mut straggler, &outbox).await;
+    // More than the floor's margin of newer rows are published meanwhile: woken passes now
+    // start above the straggler's id.
+    let newer =
+        usize::try_from(leadflow_platform::events::relay::FLOOR_MARGIN).expect("margin") + 500;
+    let envelopes: Vec<_> = (0..newer)
+        .map(|_| {
+            let lead_id = Uuid::now_v7();
+            let payload = LeadCaptured {
+                lead_id: lead_id.to_string(),
+                ..LeadCaptured::default()
+            };
+            outbox.envelope(types::LEAD_CAPTURED, Some(lead_id), &payload)
+        })
+        .collect();
+    let mut tx = env.pool.begin().await.expect("begin");
+    outbox
+        .add_many(&mut tx, &envelopes)
+        .await
+        .expect("add rows");
+    outbox.commit(tx).await.expect("commit");
+    let deadline = tokio::time::Instant::now() + support::DEADLINE;
+    while env.event_ids(&stream).await.len() < newer {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "newer rows published"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    // Under load: a woken commit every 5 ms, so the relay's poll timer never fires first.
+    let loading = CancellationToken::new();
+    let load = {
+        let (env_pool, outbox, loading) = (env.pool.clone(), outbox.clone(), loading.clone());
+        tokio::spawn(async move {
+            let mut added = 0usize;
+            while !loading.is_cancelled() {
+                let mut tx = env_pool.begin().await.expect("begin");
+                add(&mut tx, &outbox).await;
+                outbox.commit(tx).await.expect("commit");
+                added += 1;
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            added
+        })
+    };
+    straggler.commit().await.expect("commit the straggler");
+    let committed = tokio::time::Instant::now();
+    let mut found = false;
+    while tokio::time::Instant::now() < committed + support::DEADLINE {
+        if env.event_ids(&stream).await.contains(&late) {
+            found = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    loading.cancel();
+    let added = load.await.expect("load task");
+    assert!(
+        found,
+        "the straggler is published by a pass from the start while wakes keep coming"
+    );
+    assert!(added > 10, "wakes kept coming ({added} commits)");
+    stop(&token, task).await;
+    let published = env.event_ids(&stream).await;
+    assert_eq!(
+        published.iter().filter(|id| **id == late).count(),
+        1,
+        "published once"
+    );
+    assert_eq!(
+        published.len(),
+        newer + 1 + added,
+        "every row published once"
+    );
+}

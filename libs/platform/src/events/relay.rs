@@ -6,9 +6,18 @@
 //! committing after a higher id would be skipped forever (reliability §1.2). A crash between
 //! `XADD` and the commit republishes the batch; consumers deduplicate on the event id.
 //!
+//! Passes woken by commits do start from a floor, [`FLOOR_MARGIN`] ids below the highest id
+//! the relay has published: marking rows published leaves their entries in the partial index
+//! of unpublished rows until a vacuum, and a claim from the start of the index stepped over
+//! every row published since (1–2.4 ms of Postgres CPU per pass after 100,000 events, one
+//! pass per 5 ms under load). A row committing further behind than the margin is not lost:
+//! at least every poll interval a pass starts from the beginning, however often wakes come.
+//!
 //! The relay is woken in process by the transactions that commit events ([`OutboxWake`]),
 //! not by `LISTEN/NOTIFY`, and polls for everything else.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::Duration;
 
 use anyhow::Context;
@@ -31,7 +40,14 @@ pub struct Relay {
     retention: Option<Duration>,
     stream_max_len: usize,
     wake: OutboxWake,
+    /// Where woken passes start: [`FLOOR_MARGIN`] below the highest id published.
+    floor: Arc<AtomicI64>,
 }
+
+/// How far below the highest id it has published a woken pass starts claiming. Rows that
+/// commit after rows this many ids newer (at 2,500 events/s, transactions open for over 1.5 s)
+/// wait for the next pass from the start, at most a poll interval.
+pub const FLOOR_MARGIN: i64 = 4_096;
 
 /// Published rows deleted per statement by the retention sweep.
 const SWEEP_BATCH: i64 = 5_000;
@@ -60,6 +76,7 @@ impl Relay {
             retention: None,
             stream_max_len,
             wake,
+            floor: Arc::new(AtomicI64::new(0)),
         }
     }
 
@@ -140,6 +157,11 @@ impl Relay {
     /// between `XADD` and `COMMIT` does and what consumers deduplicate, so waiting would buy
     /// nothing but a disk flush per pass, one per event at low rates.
     pub async fn publish_batch(&self) -> anyhow::Result<usize> {
+        self.publish_from(0).await
+    }
+
+    /// Publishes one batch of the unpublished rows whose id is at least `from`.
+    async fn publish_from(&self, from: i64) -> anyhow::Result<usize> {
         let mut tx = self
             .pool
             .begin_with("BEGIN; SET LOCAL synchronous_commit = off")
@@ -148,12 +170,13 @@ impl Relay {
         let mut rows: Vec<(i64, String, String, Vec<u8>)> =
             sqlx::query_as(sqlx::AssertSqlSafe(format!(
                 "UPDATE {schema}.outbox SET published_at = now() WHERE id IN \
-                   (SELECT id FROM {schema}.outbox WHERE published_at IS NULL \
+                   (SELECT id FROM {schema}.outbox WHERE published_at IS NULL AND id >= $2 \
                     ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED) \
                  RETURNING id, stream, event_type, envelope",
                 schema = self.schema
             )))
             .bind(self.batch_size)
+            .bind(from)
             .fetch_all(&mut *tx)
             .await
             .context("claim outbox rows")?;
@@ -183,6 +206,10 @@ impl Relay {
             .await
             .context("xadd outbox rows")?;
         tx.commit().await.context("commit relay transaction")?;
+        if let Some((highest, ..)) = rows.last() {
+            self.floor
+                .fetch_max(highest.saturating_sub(FLOOR_MARGIN), Ordering::Relaxed);
+        }
         tracing::debug!(published = rows.len(), "outbox batch published");
         Ok(rows.len())
     }
@@ -193,9 +220,16 @@ impl Relay {
     /// a pass) or, from another replica, is found by the next poll; so no empty pass is
     /// spent confirming it.
     pub async fn drain(&self) -> anyhow::Result<usize> {
+        self.drain_from(None).await
+    }
+
+    /// Drains from `floor` (the first batch; later ones from the floor as it rises), or from
+    /// the start with `None`.
+    async fn drain_from(&self, floor: Option<&AtomicI64>) -> anyhow::Result<usize> {
         let mut total = 0;
         loop {
-            let published = self.publish_batch().await?;
+            let from = floor.map_or(0, |floor| floor.load(Ordering::Relaxed));
+            let published = self.publish_from(from).await?;
             total += published;
             if i64::try_from(published).unwrap_or(i64::MAX) < self.batch_size {
                 return Ok(total);
@@ -220,16 +254,25 @@ impl Relay {
     ///
     /// Drains whenever this process commits events ([`OutboxWake`]) and at least every poll
     /// interval, which publishes the rows no wake announces here: those of other replicas,
-    /// and any left behind by a failed pass. A wake given while a pass runs is kept for the
+    /// and any left behind by a failed pass. Woken passes start from the floor; one pass at
+    /// least every poll interval starts from the beginning, however often wakes come. A wake given while a pass runs is kept for the
     /// next wait (see [`OutboxWake`]), so it cannot be lost between the pass's last claim and
     /// the wait.
     pub async fn run(self, stop: CancellationToken) {
         let sweeper = self
             .retention
             .map(|retention| tokio::spawn(self.clone().sweep_until(retention, stop.clone())));
+        let mut full_due = tokio::time::Instant::now();
         loop {
             let started = tokio::time::Instant::now();
-            match self.drain().await {
+            // From the start at least every poll interval, even when wakes never stop.
+            let floor = if started >= full_due {
+                full_due = started + self.poll_interval;
+                None
+            } else {
+                Some(self.floor.as_ref())
+            };
+            match self.drain_from(floor).await {
                 Ok(_) => {}
                 Err(err) => tracing::warn!(error = format!("{err:#}"), "publish outbox"),
             }
