@@ -988,30 +988,17 @@ async fn a_row_committing_far_behind_the_floor_is_published_while_wakes_keep_com
     // start above the straggler's id.
     let newer =
         usize::try_from(leadflow_platform::events::relay::FLOOR_MARGIN).expect("margin") + 500;
-    let envelopes: Vec<_> = (0..newer)
-        .map(|_| {
-            let lead_id = Uuid::now_v7();
-            let payload = LeadCaptured {
-                lead_id: lead_id.to_string(),
-                ..LeadCaptured::default()
-            };
-            outbox.envelope(types::LEAD_CAPTURED, Some(lead_id), &payload)
-        })
-        .collect();
+    let envelopes: Vec<_> = (0..newer).map(|_| lead_captured()).collect();
     let mut tx = env.pool.begin().await.expect("begin");
     outbox
         .add_many(&mut tx, &envelopes)
         .await
         .expect("add rows");
     outbox.commit(tx).await.expect("commit");
-    let deadline = tokio::time::Instant::now() + support::DEADLINE;
-    while env.event_ids(&stream).await.len() < newer {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "newer rows published"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait_until("the newer rows are published", || async {
+        env.event_ids(&stream).await.len() >= newer
+    })
+    .await;
 
     // Under load: a woken commit every 5 ms, so the relay's poll timer never fires first.
     let loading = CancellationToken::new();
@@ -1030,21 +1017,13 @@ async fn a_row_committing_far_behind_the_floor_is_published_while_wakes_keep_com
         })
     };
     straggler.commit().await.expect("commit the straggler");
-    let committed = tokio::time::Instant::now();
-    let mut found = false;
-    while tokio::time::Instant::now() < committed + support::DEADLINE {
-        if env.event_ids(&stream).await.contains(&late) {
-            found = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait_until(
+        "a pass from the start publishes the straggler while wakes keep coming",
+        || async { env.event_ids(&stream).await.contains(&late) },
+    )
+    .await;
     loading.cancel();
     let added = load.await.expect("load task");
-    assert!(
-        found,
-        "the straggler is published by a pass from the start while wakes keep coming"
-    );
     assert!(added > 10, "wakes kept coming ({added} commits)");
     stop(&token, task).await;
     let published = env.event_ids(&stream).await;

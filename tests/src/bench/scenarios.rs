@@ -756,20 +756,23 @@ async fn b2(plan: &Plan, fixture: &Fixture, report: &mut Report) -> anyhow::Resu
         format!("{:.0} µs", micros / cpu.leads.max(1) as f64)
     };
     if subject_cpu.leads > 0 {
+        // Postgres and the bench's own client beside capture, on both sides: where a gap
+        // between the sides goes.
+        let reference = if reference_cpu.leads > 0 {
+            format!(
+                "; R-pg-capture: Postgres {}, bench (sqlx client) {}",
+                per_lead(reference_cpu.postgres, &reference_cpu),
+                per_lead(reference_cpu.bench, &reference_cpu)
+            )
+        } else {
+            String::new()
+        };
         report.figure(format!(
-            "B14 context capture process CPU under B2: {} per lead (user+system, relay included; /proc/<pid>/stat at {} ticks/s)",
-            per_lead(subject_cpu.capture, &subject_cpu),
-            fixture.clock_ticks
-        ));
-    }
-    if subject_cpu.leads > 0 && reference_cpu.leads > 0 {
-        report.figure(format!(
-            "B2 CPU      per lead, CaptureLead: capture {}, Postgres {}, bench (gRPC client) {}; R-pg-capture: Postgres {}, bench (sqlx client) {} (Postgres: every process named postgres)",
+            "B14 context CPU per lead under B2, CaptureLead: capture {} (relay included), Postgres {}, bench (gRPC client) {}{reference} (user+system from /proc/<pid>/stat at {} ticks/s; Postgres: every process named postgres)",
             per_lead(subject_cpu.capture, &subject_cpu),
             per_lead(subject_cpu.postgres, &subject_cpu),
             per_lead(subject_cpu.bench, &subject_cpu),
-            per_lead(reference_cpu.postgres, &reference_cpu),
-            per_lead(reference_cpu.bench, &reference_cpu)
+            fixture.clock_ticks
         ));
     }
     if left != 0 {
