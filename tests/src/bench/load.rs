@@ -152,12 +152,51 @@ impl Open {
 /// Sends `op` at `rate` per second for `duration` (at most `max_in_flight` at once: a call
 /// waiting for a slot is late, and its lateness counts), then waits up to [`CALL_TIMEOUT`]
 /// for the last answers.
+///
+/// The schedule is kept by a thread of its own that sleeps with the operating system's
+/// timer (tens of µs late) and hands each call to the runtime as its time comes: tokio's
+/// timer fires on whole milliseconds, so pacing with it sent calls up to a millisecond or
+/// two late, and that lateness, the generator's and not the server's, was counted in every
+/// latency measured from the intended send time.
 pub async fn open_loop(rate: f64, duration: Duration, max_in_flight: usize, op: Op) -> Open {
     let count = (rate * duration.as_secs_f64()).round().max(1.0) as u64;
     let interval = Duration::from_secs_f64(1.0 / rate.max(0.001));
     let slots = Arc::new(tokio::sync::Semaphore::new(max_in_flight.max(1)));
     let start = Instant::now() + Duration::from_millis(20);
-    let mut tasks = JoinSet::new();
+    let (answers, mut answered) = tokio::sync::mpsc::unbounded_channel::<Answer>();
+    let runtime = tokio::runtime::Handle::current();
+    let pacer = std::thread::Builder::new()
+        .name("open-loop-pacer".to_owned())
+        .spawn(move || {
+            let mut tasks = Vec::with_capacity(usize::try_from(count).unwrap_or(0));
+            for index in 0..count {
+                let intended = start + interval.mul_f64(index as f64);
+                let now = Instant::now();
+                if intended > now {
+                    std::thread::sleep(intended - now);
+                }
+                let (slots, op, answers) = (slots.clone(), op.clone(), answers.clone());
+                tasks.push(runtime.spawn(async move {
+                    let Ok(_permit) = slots.acquire_owned().await else {
+                        return;
+                    };
+                    let sent = Instant::now();
+                    let call = op(usize::try_from(index).unwrap_or(usize::MAX));
+                    let outcome = match tokio::time::timeout(CALL_TIMEOUT, call).await {
+                        Ok(outcome) => outcome,
+                        Err(_) => Err("call timed out".to_owned()),
+                    };
+                    let done = Instant::now();
+                    let _gone = answers.send(Answer {
+                        latency: micros(done - intended),
+                        service: micros(done - sent),
+                        lag: micros(sent.saturating_duration_since(intended)),
+                        outcome,
+                    });
+                }));
+            }
+            tasks
+        });
     let mut result = Open {
         offered_rate: rate,
         sent: 0,
@@ -170,66 +209,114 @@ pub async fn open_loop(rate: f64, duration: Duration, max_in_flight: usize, op: 
         lag: histogram(),
         first_error: None,
     };
-    for index in 0..count {
-        let intended = start + interval.mul_f64(index as f64);
-        tokio::time::sleep_until(intended.into()).await;
-        let Ok(permit) = slots.clone().acquire_owned().await else {
-            break;
-        };
-        let sent = Instant::now();
-        let _recorded = result
-            .lag
-            .record(micros(sent.saturating_duration_since(intended)));
-        result.sent += 1;
-        let call = op(index as usize);
-        tasks.spawn(async move {
-            let outcome = match tokio::time::timeout(CALL_TIMEOUT, call).await {
-                Ok(outcome) => outcome,
-                Err(_) => Err("call timed out".to_owned()),
-            };
-            let done = Instant::now();
-            drop(permit);
-            (micros(done - intended), micros(done - sent), outcome)
-        });
-        while let Some(joined) = tasks.try_join_next() {
-            absorb(&mut result, joined);
+    let pacer = match pacer {
+        Ok(pacer) => pacer,
+        Err(err) => {
+            result.first_error = Some(format!("start the pacer thread: {err}"));
+            return result;
+        }
+    };
+    result.sent = count;
+    let hard_deadline = start + duration + CALL_TIMEOUT + Duration::from_secs(1);
+    let mut received = 0;
+    while received < count {
+        match tokio::time::timeout_at(hard_deadline.into(), answered.recv()).await {
+            Ok(Some(answer)) => {
+                received += 1;
+                absorb(&mut result, answer);
+            }
+            Ok(None) | Err(_) => break,
         }
     }
-    let hard_deadline = Instant::now() + CALL_TIMEOUT + Duration::from_secs(1);
-    loop {
-        match tokio::time::timeout_at(hard_deadline.into(), tasks.join_next()).await {
-            Ok(Some(joined)) => absorb(&mut result, joined),
-            Ok(None) => break,
-            Err(_) => {
-                result.unfinished = tasks.len() as u64;
-                tasks.abort_all();
-                break;
-            }
+    result.unfinished = count - received;
+    // The pacer is done by now (its schedule ended before the deadline); what is still
+    // running past the deadline is stopped.
+    match tokio::task::spawn_blocking(move || pacer.join()).await {
+        Ok(Ok(tasks)) => tasks.iter().for_each(tokio::task::JoinHandle::abort),
+        Ok(Err(_)) | Err(_) => {
+            result
+                .first_error
+                .get_or_insert_with(|| "the pacer thread panicked".to_owned());
         }
     }
     result
 }
 
-type Answer = (u64, u64, Result<(), String>);
+/// One answered call of the open model, µs.
+struct Answer {
+    /// From the intended send time.
+    latency: u64,
+    /// From the actual send.
+    service: u64,
+    /// How late the call was sent.
+    lag: u64,
+    outcome: Result<(), String>,
+}
 
-fn absorb(result: &mut Open, joined: Result<Answer, tokio::task::JoinError>) {
-    match joined {
-        Ok((intended_us, service_us, outcome)) => {
-            let _recorded = result.latency.record(intended_us);
-            let _recorded = result.service.record(service_us);
-            match outcome {
-                Ok(()) => result.ok += 1,
-                Err(err) => {
-                    result.errors += 1;
-                    result.first_error.get_or_insert(err);
-                }
-            }
-        }
+fn absorb(result: &mut Open, answer: Answer) {
+    let _recorded = result.latency.record(answer.latency);
+    let _recorded = result.service.record(answer.service);
+    let _recorded = result.lag.record(answer.lag);
+    match answer.outcome {
+        Ok(()) => result.ok += 1,
         Err(err) => {
             result.errors += 1;
-            result
-                .first_error
-                .get_or_insert_with(|| format!("task failed: {err}"));
+            result.first_error.get_or_insert(err);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sleeping_op(pause: Duration) -> Op {
+        Arc::new(move |client| {
+            Box::pin(async move {
+                tokio::time::sleep(pause).await;
+                if client % 10 == 9 {
+                    Err(format!("call {client} refused"))
+                } else {
+                    Ok(())
+                }
+            })
+        })
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn every_scheduled_call_is_sent_once_and_answered() {
+        let open = open_loop(
+            400.0,
+            Duration::from_millis(250),
+            64,
+            sleeping_op(Duration::ZERO),
+        )
+        .await;
+        assert_eq!(open.sent, 100);
+        assert_eq!((open.ok, open.errors, open.unfinished), (90, 10, 0));
+        assert_eq!(open.latency.len(), 100);
+        assert_eq!(open.lag.len(), 100);
+        assert_eq!(
+            open.first_error.as_deref().map(|e| e.ends_with("refused")),
+            Some(true)
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_call_waiting_for_a_slot_is_late_from_its_intended_time() {
+        // 20 calls due every 5 ms, one slot, 20 ms each: the last one cannot answer before
+        // 20 × 20 ms after the start, 305 ms after it was due; measured from its own send it
+        // took 20 ms.
+        let open = open_loop(
+            200.0,
+            Duration::from_millis(100),
+            1,
+            sleeping_op(Duration::from_millis(20)),
+        )
+        .await;
+        assert_eq!((open.sent, open.unfinished), (20, 0));
+        assert!(open.latency.max() >= 305_000, "{} µs", open.latency.max());
+        assert!(open.lag.max() >= 280_000, "{} µs", open.lag.max());
+        assert!(open.service.min() >= 20_000, "{} µs", open.service.min());
     }
 }

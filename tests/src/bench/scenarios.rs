@@ -923,6 +923,20 @@ async fn b3(plan: &Plan, fixture: &Fixture, report: &mut Report, subject_rate: O
             1,
         ));
         report_open(report, &label, &open);
+        if share == 0.5 {
+            // The same arrivals on R-pg-capture: how much of the tail is the machine's (disk
+            // flushes, neighbours) rather than capture's.
+            let context = load::open_loop(rate, plan.open_window, 1024, reference.clone()).await;
+            report.figure(format!(
+                "B3b context R-pg-capture at the same rate, from intended send: {}{}",
+                quantiles(&context.latency),
+                if context.errors + context.unfinished > 0 {
+                    format!("; {} errors", context.errors + context.unfinished)
+                } else {
+                    String::new()
+                }
+            ));
+        }
     }
     report.rows.push(Row::ratio(
         "B3c invalid",
