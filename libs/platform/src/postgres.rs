@@ -5,9 +5,9 @@ use std::time::Duration;
 
 use anyhow::Context;
 use secrecy::{ExposeSecret, SecretString};
-use sqlx::PgPool;
 use sqlx::migrate::Migrator;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::{Connection, PgPool};
 
 /// Tables every service has: the outbox and the processed-events ledger of its consumers.
 static PLATFORM_MIGRATOR: Migrator = sqlx::migrate!("./migrations");
@@ -46,12 +46,62 @@ pub async fn connect_with_limit(
         .application_name(schema)
         .options([("search_path", schema), ("jit", "off")])
         .options(settings.iter().copied());
-    PgPoolOptions::new()
-        .max_connections(max_connections.max(2))
-        .acquire_timeout(Duration::from_secs(5))
+    pool_options(max_connections)
         .connect_with(options)
         .await
         .context("connect to postgres")
+}
+
+/// A pooled connection idle for at least this long is pinged before it is handed out.
+///
+/// sqlx already pings every connection as it goes back into the pool (a broken one is closed
+/// there), so one that has been idle for less than this answered moments ago; pinging it again
+/// on the way out cost every transaction a round trip of its own (one of the six a new lead
+/// took). A connection the server dropped within that second fails its first statement
+/// instead, with an error [`is_unavailable`] recognizes, and the release ping then closes it.
+pub const PING_AFTER_IDLE: Duration = Duration::from_secs(1);
+
+/// The pool settings of every service: at most `max_connections` (at least 2), a 5 s acquire
+/// timeout, and a ping before handing out a connection idle for [`PING_AFTER_IDLE`] or more.
+pub fn pool_options(max_connections: u32) -> PgPoolOptions {
+    PgPoolOptions::new()
+        .max_connections(max_connections.max(2))
+        .acquire_timeout(Duration::from_secs(5))
+        .test_before_acquire(false)
+        .before_acquire(|connection, meta| {
+            Box::pin(async move {
+                if meta.idle_for >= PING_AFTER_IDLE {
+                    connection.ping().await?;
+                }
+                Ok(true)
+            })
+        })
+}
+
+/// Returns whether `error` says the database could not be reached or went away, rather than
+/// refusing the statement: a dropped or refused connection, a server shutting down or starting
+/// up (SQLSTATE class 08, 57P01–57P03), too many connections (53300), or no pooled connection
+/// in time. The operation may succeed if retried later (gRPC `UNAVAILABLE`).
+pub fn is_unavailable(error: &sqlx::Error) -> bool {
+    match error {
+        sqlx::Error::Io(_)
+        | sqlx::Error::Tls(_)
+        | sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::WorkerCrashed => true,
+        sqlx::Error::Database(database) => database.code().is_some_and(|code| {
+            code.starts_with("08") || matches!(code.as_ref(), "57P01" | "57P02" | "57P03" | "53300")
+        }),
+        _ => false,
+    }
+}
+
+/// Returns whether any cause of `error` is a [`sqlx::Error`] that [`is_unavailable`].
+pub fn caused_by_unavailable(error: &anyhow::Error) -> bool {
+    error
+        .chain()
+        .filter_map(|cause| cause.downcast_ref::<sqlx::Error>())
+        .any(is_unavailable)
 }
 
 /// Creates the schema, then applies the platform's and the service's migrations to it.

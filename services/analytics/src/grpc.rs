@@ -57,6 +57,10 @@ impl AnalyticsService for AnalyticsApi {
         .fetch_all(&self.pool)
         .await
         .map_err(|err| {
+            if leadflow_platform::postgres::is_unavailable(&err) {
+                tracing::warn!(error = %err, "read funnel: the database is unreachable");
+                return Status::unavailable("the database is unavailable; retry with backoff");
+            }
             tracing::error!(error = %err, "read funnel");
             Status::internal("internal error")
         })?;

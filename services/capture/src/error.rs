@@ -45,6 +45,13 @@ fn internal(source: &anyhow::Error) -> Status {
         tracing::warn!("capture overloaded: no database connection in time");
         return Status::unavailable("capture is overloaded; retry with backoff");
     }
+    if leadflow_platform::postgres::caused_by_unavailable(source) {
+        tracing::warn!(
+            error = format!("{source:#}"),
+            "capture failed: the database is unreachable"
+        );
+        return Status::unavailable("the database is unavailable; retry with backoff");
+    }
     let missing_key = source
         .chain()
         .filter_map(|cause| cause.downcast_ref::<PiiError>())
@@ -111,5 +118,31 @@ impl From<CaptureError> for Status {
                 internal(&source)
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn status_of(error: sqlx::Error) -> tonic::Code {
+        let error = anyhow::Error::new(error).context("select known lead");
+        Status::from(CaptureError::Store(StoreError::Internal(error))).code()
+    }
+
+    #[test]
+    fn a_database_gone_away_is_unavailable_and_a_failing_statement_internal() {
+        let reset = std::io::Error::from(std::io::ErrorKind::ConnectionReset);
+        assert_eq!(status_of(sqlx::Error::Io(reset)), tonic::Code::Unavailable);
+        assert_eq!(
+            status_of(sqlx::Error::PoolTimedOut),
+            tonic::Code::Unavailable
+        );
+        assert_eq!(status_of(sqlx::Error::PoolClosed), tonic::Code::Unavailable);
+        assert_eq!(status_of(sqlx::Error::RowNotFound), tonic::Code::Internal);
+        assert_eq!(
+            status_of(sqlx::Error::Protocol("unexpected message".to_owned())),
+            tonic::Code::Internal
+        );
     }
 }

@@ -39,6 +39,13 @@ impl MessagingApi {
 }
 
 fn internal(err: anyhow::Error) -> Status {
+    if leadflow_platform::postgres::caused_by_unavailable(&err) {
+        tracing::warn!(
+            error = format!("{err:#}"),
+            "messaging failed: the database is unreachable"
+        );
+        return Status::unavailable("the database is unavailable; retry with backoff");
+    }
     tracing::error!(error = format!("{err:#}"), "messaging failed");
     Status::internal("internal error")
 }

@@ -301,13 +301,14 @@ async fn start_on(
         // both sides plan their statements alike.
         .options([("search_path", "capture"), ("jit", "off")])
         .options(leadflow_platform::postgres::INDEXED_LOOKUPS.iter().copied());
-    // Same client count as the load; capture's own pool is 16 (libs/platform/src/postgres.rs).
-    let reference_pool = PgPoolOptions::new()
-        .max_connections(u32::try_from(plan.clients.max(1)).unwrap_or(16))
-        .acquire_timeout(Duration::from_secs(10))
-        .connect_with(options)
-        .await
-        .context("connect the reference pool")?;
+    // Same client count as the load; capture's own pool is 16 (libs/platform/src/postgres.rs),
+    // and the same pool behaviour: a connection idle under a second is handed out unpinged.
+    let reference_pool =
+        leadflow_platform::postgres::pool_options(u32::try_from(plan.clients.max(1)).unwrap_or(16))
+            .acquire_timeout(Duration::from_secs(10))
+            .connect_with(options)
+            .await
+            .context("connect the reference pool")?;
     let monitor = PgPoolOptions::new()
         .max_connections(1)
         .connect(&database.url)
