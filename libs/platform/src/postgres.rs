@@ -4,10 +4,11 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use anyhow::Context;
+use backon::Retryable;
 use secrecy::{ExposeSecret, SecretString};
 use sqlx::migrate::Migrator;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
-use sqlx::{Connection, PgPool};
+use sqlx::{Connection, PgPool, Postgres, Transaction};
 
 /// Tables every service has: the outbox and the processed-events ledger of its consumers.
 static PLATFORM_MIGRATOR: Migrator = sqlx::migrate!("./migrations");
@@ -76,6 +77,43 @@ pub fn pool_options(max_connections: u32) -> PgPoolOptions {
                 Ok(true)
             })
         })
+}
+
+/// Begins a transaction on a connection from `pool`.
+///
+/// A connection handed out unpinged (see [`PING_AFTER_IDLE`]) that the server has dropped
+/// fails at `BEGIN`, before anything of the transaction ran, so `BEGIN` is tried again on the
+/// next connection, once per connection the pool may hold: after a database restart the
+/// callers see no error for the connections it dropped. A pool that gave no connection in time
+/// is not tried again (that wait is already over).
+pub async fn begin(pool: &PgPool) -> Result<Transaction<'static, Postgres>, sqlx::Error> {
+    (|| pool.begin())
+        .retry(begin_retries(pool))
+        .when(is_dropped_connection)
+        .await
+}
+
+/// [`begin`], running `statement` (e.g. `BEGIN; SET LOCAL …`) instead of `BEGIN`.
+pub async fn begin_with(
+    pool: &PgPool,
+    statement: &'static str,
+) -> Result<Transaction<'static, Postgres>, sqlx::Error> {
+    (|| pool.begin_with(statement))
+        .retry(begin_retries(pool))
+        .when(is_dropped_connection)
+        .await
+}
+
+/// Straight away, as many times as the pool may hold connections.
+fn begin_retries(pool: &PgPool) -> backon::ConstantBuilder {
+    backon::ConstantBuilder::default()
+        .with_delay(Duration::ZERO)
+        .with_max_times(usize::try_from(pool.options().get_max_connections()).unwrap_or(16))
+}
+
+/// An error of a connection that went away, as opposed to the pool giving none.
+fn is_dropped_connection(error: &sqlx::Error) -> bool {
+    is_unavailable(error) && !matches!(error, sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed)
 }
 
 /// Returns whether `error` says the database could not be reached or went away, rather than

@@ -6,7 +6,7 @@ mod support;
 
 use std::time::{Duration, Instant};
 
-use leadflow_platform::postgres::{PING_AFTER_IDLE, is_unavailable};
+use leadflow_platform::postgres::{PING_AFTER_IDLE, begin, is_unavailable};
 use sqlx::{Connection, PgConnection, PgPool};
 use support::{DEADLINE, TestEnv};
 
@@ -95,6 +95,38 @@ async fn connections_used_moments_ago_fail_as_unavailable_once_each_then_are_rep
     assert!(
         failures >= 1,
         "a dropped connection went out unpinged and failed"
+    );
+    drop(env);
+}
+
+#[tokio::test]
+async fn a_transaction_begun_after_the_server_dropped_the_pool_sees_no_error() {
+    let env = TestEnv::new().await;
+    // Several connections in the pool, all used moments ago.
+    let held: Vec<_> = futures::future::join_all((0..4).map(|_| env.pool.acquire()))
+        .await
+        .into_iter()
+        .collect::<Result<_, _>>()
+        .expect("four connections");
+    drop(held);
+    warm(&env.pool).await;
+    let started = Instant::now();
+    assert!(drop_server_side(&env.pool).await >= 4);
+    // BEGIN fails on each dropped connection before the transaction did anything, and is
+    // tried again on the next one.
+    let mut tx = begin(&env.pool)
+        .await
+        .expect("begin after the server dropped the pool");
+    let one: i32 = sqlx::query_scalar("SELECT 1")
+        .fetch_one(&mut *tx)
+        .await
+        .expect("a statement in it");
+    tx.commit().await.expect("commit");
+    assert_eq!(one, 1);
+    assert!(
+        started.elapsed() < PING_AFTER_IDLE,
+        "too slow to test the unpinged path: {:?}",
+        started.elapsed()
     );
     drop(env);
 }

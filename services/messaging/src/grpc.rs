@@ -133,10 +133,7 @@ impl MessagingService for MessagingApi {
                 return Err(Status::unavailable("capture unavailable; retry"));
             }
         }
-        let mut tx = self
-            .store
-            .pool()
-            .begin()
+        let mut tx = leadflow_platform::postgres::begin(self.store.pool())
             .await
             .map_err(|err| internal(err.into()))?;
         let outcome = crate::store::insert_inbound(&mut tx, &inbound)

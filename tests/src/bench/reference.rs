@@ -6,7 +6,7 @@
 //!
 //! | statement          | mirrors (`services/capture/src/store/leads.rs`)                     |
 //! |--------------------|---------------------------------------------------------------------|
-//! | `BEGIN`            | `LeadStore::capture_once`: `self.pool.begin()`                      |
+//! | `BEGIN`            | `LeadStore::capture_once`: `postgres::begin(&self.pool)`          |
 //! | [`SELECT_KNOWN`]   | `capture_in`: suppression and the `FOR UPDATE` lookup by blind index |
 //! | [`INSERT_CAPTURE`] | `LeadStore::insert_capture`: lead, touch, consent and outbox row     |
 //! | `COMMIT`           | `capture_once`: `self.outbox.commit(tx)` (its relay wake is no SQL)  |
@@ -227,7 +227,7 @@ pub async fn capture_new_lead(
     let consent = request.consent.clone().unwrap_or_default();
 
     // LeadStore::capture_once → capture_in.
-    let mut tx = pool.begin().await?;
+    let mut tx = leadflow_platform::postgres::begin(pool).await?;
     let known = sqlx::query(SELECT_KNOWN)
         .bind(&capture.email_bidx)
         .bind(&capture.phone_bidx)

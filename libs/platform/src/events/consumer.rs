@@ -423,7 +423,7 @@ impl<H: EventHandler> Consumer<H> {
         let event_id = Uuid::parse_str(&envelope.event_id).map_err(|err| {
             HandleError::Permanent(anyhow::anyhow!("event id is not a uuid: {err}"))
         })?;
-        let mut tx = self.pool.begin().await?;
+        let mut tx = crate::postgres::begin(&self.pool).await?;
         let recorded = sqlx::query(sqlx::AssertSqlSafe(format!(
             "INSERT INTO {}.processed_events (consumer_group, event_id, stream, event_type) \
              VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING",

@@ -162,11 +162,10 @@ impl Relay {
 
     /// Publishes one batch of the unpublished rows whose id is at least `from`.
     async fn publish_from(&self, from: i64) -> anyhow::Result<usize> {
-        let mut tx = self
-            .pool
-            .begin_with("BEGIN; SET LOCAL synchronous_commit = off")
-            .await
-            .context("begin relay transaction")?;
+        let mut tx =
+            crate::postgres::begin_with(&self.pool, "BEGIN; SET LOCAL synchronous_commit = off")
+                .await
+                .context("begin relay transaction")?;
         let mut rows: Vec<(i64, String, String, Vec<u8>)> =
             sqlx::query_as(sqlx::AssertSqlSafe(format!(
                 "UPDATE {schema}.outbox SET published_at = now() WHERE id IN \

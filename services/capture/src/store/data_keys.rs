@@ -130,7 +130,9 @@ impl DataKeyStore {
             column: key,
         } = column;
         let primary_prefix = self.keyring.primary_key_id().wrapped_prefix();
-        let mut tx = self.pool.begin().await.context("begin re-wrap batch")?;
+        let mut tx = leadflow_platform::postgres::begin(&self.pool)
+            .await
+            .context("begin re-wrap batch")?;
         let rows: Vec<(Uuid, Vec<u8>)> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
             "SELECT {id}, {key} FROM {table} \
              WHERE ($1::uuid IS NULL OR {id} > $1) AND {key} IS NOT NULL \

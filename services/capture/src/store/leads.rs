@@ -609,7 +609,7 @@ impl LeadStore {
         idempotency: Option<&Idempotency>,
         respond: &(dyn Fn(&Captured) -> Vec<u8> + Send + Sync),
     ) -> Result<Captured, StoreError> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = leadflow_platform::postgres::begin(&self.pool).await?;
         if let Some(idempotency) = idempotency {
             sqlx::query(
                 "DELETE FROM capture.idempotency WHERE caller = $1 AND idempotency_key = $2 \
@@ -1085,9 +1085,7 @@ impl LeadStore {
                     .envelope(event_types::LEAD_REJECTED, None, event)
             })
             .collect();
-        let mut tx = self
-            .pool
-            .begin()
+        let mut tx = leadflow_platform::postgres::begin(&self.pool)
             .await
             .context("begin rejection transaction")?;
         self.outbox.add_many(&mut tx, &envelopes).await?;
@@ -1107,7 +1105,7 @@ impl LeadStore {
         reason: &str,
         caller: &str,
     ) -> Result<DateTime<Utc>, StoreError> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = leadflow_platform::postgres::begin(&self.pool).await?;
         let Some((root, _)) = self.family(&mut tx, lead_id).await? else {
             return Err(StoreError::NotFound);
         };
@@ -1223,7 +1221,7 @@ impl LeadStore {
         source: &SourcePolicy,
         reason: &str,
     ) -> Result<ReturnOutcome, StoreError> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = leadflow_platform::postgres::begin(&self.pool).await?;
         let row: Option<(DateTime<Utc>, Option<DateTime<Utc>>)> = sqlx::query_as(
             "SELECT created_at, returned_at FROM capture.leads WHERE lead_id = $1 FOR UPDATE",
         )

@@ -153,7 +153,7 @@ impl LeadStore {
         fingerprint: &[u8],
         caller: &str,
     ) -> Result<StoredActivity, StoreError> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = leadflow_platform::postgres::begin(&self.pool).await?;
         if let Some(first) = self
             .recorded_activity(&mut tx, activity_id, fingerprint)
             .await?

@@ -443,10 +443,11 @@ impl LeadStore {
         // statement per batch (growing with the table). Capture's sessions already make
         // whole-table scans a last resort (`postgres::INDEXED_LOOKUPS`); for this transaction
         // hash and merge joins are too, so lookups go through the indexes.
-        let mut tx = self
-            .pool
-            .begin_with("BEGIN; SET LOCAL enable_hashjoin = off; SET LOCAL enable_mergejoin = off")
-            .await?;
+        let mut tx = leadflow_platform::postgres::begin_with(
+            &self.pool,
+            "BEGIN; SET LOCAL enable_hashjoin = off; SET LOCAL enable_mergejoin = off",
+        )
+        .await?;
         let emails: Vec<&[u8]> = rows
             .iter()
             .filter_map(|(_, _, sealed)| sealed.identities.0.as_deref())

@@ -372,7 +372,7 @@ impl LeadStore {
         note: &str,
         held: Option<(&SourcePolicy, &CaptureRequest)>,
     ) -> Result<(), StoreError> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = leadflow_platform::postgres::begin(&self.pool).await?;
         let row: Option<(String, Uuid, Option<Uuid>)> = sqlx::query_as(
             "SELECT status, lead_id, other_lead_id FROM capture.merge_reviews WHERE review_id = $1 FOR UPDATE",
         )
@@ -576,7 +576,7 @@ impl LeadStore {
     }
 
     async fn unmerge_once(&self, merge_id: Uuid, caller: &str) -> Result<(Uuid, Uuid), StoreError> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = leadflow_platform::postgres::begin(&self.pool).await?;
         let row: Option<(Uuid, Uuid, Option<DateTime<Utc>>)> = sqlx::query_as(
             "SELECT lead_id, merged_lead_id, unmerged_at FROM capture.merges WHERE merge_id = $1 FOR UPDATE",
         )
