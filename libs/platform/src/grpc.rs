@@ -12,6 +12,22 @@ pub fn server_span(request: &http::Request<()>) -> tracing::Span {
     span
 }
 
+/// Returns the status of a call that failed on the server's side, and logs the failure:
+/// `UNAVAILABLE` when the database could not be reached or went away
+/// ([`crate::postgres::caused_by_unavailable`]: a retry may succeed), else `INTERNAL`, whose
+/// detail stays in the log. `what` names the failed operation in the log line.
+pub fn failure_status(error: &anyhow::Error, what: &str) -> tonic::Status {
+    if crate::postgres::caused_by_unavailable(error) {
+        tracing::warn!(
+            error = format!("{error:#}"),
+            "{what}: the database is unreachable"
+        );
+        return tonic::Status::unavailable("the database is unavailable; retry with backoff");
+    }
+    tracing::error!(error = format!("{error:#}"), "{what}");
+    tonic::Status::internal("internal error")
+}
+
 /// Adds the current span's `traceparent`, and an API key when configured, to outgoing calls.
 #[derive(Debug, Clone, Default)]
 pub struct Outgoing {

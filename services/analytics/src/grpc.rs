@@ -56,14 +56,7 @@ impl AnalyticsService for AnalyticsApi {
         .bind(&channel)
         .fetch_all(&self.pool)
         .await
-        .map_err(|err| {
-            if leadflow_platform::postgres::is_unavailable(&err) {
-                tracing::warn!(error = %err, "read funnel: the database is unreachable");
-                return Status::unavailable("the database is unavailable; retry with backoff");
-            }
-            tracing::error!(error = %err, "read funnel");
-            Status::internal("internal error")
-        })?;
+        .map_err(|err| leadflow_platform::grpc::failure_status(&err.into(), "read funnel"))?;
         let stages = FUNNEL_STAGES
             .iter()
             .map(|stage| StageCount {

@@ -45,13 +45,6 @@ fn internal(source: &anyhow::Error) -> Status {
         tracing::warn!("capture overloaded: no database connection in time");
         return Status::unavailable("capture is overloaded; retry with backoff");
     }
-    if leadflow_platform::postgres::caused_by_unavailable(source) {
-        tracing::warn!(
-            error = format!("{source:#}"),
-            "capture failed: the database is unreachable"
-        );
-        return Status::unavailable("the database is unavailable; retry with backoff");
-    }
     let missing_key = source
         .chain()
         .filter_map(|cause| cause.downcast_ref::<PiiError>())
@@ -67,8 +60,7 @@ fn internal(source: &anyhow::Error) -> Status {
             "this lead's personal data is wrapped by a key-encryption key the server is not configured with",
         );
     }
-    tracing::error!(error = format!("{source:#}"), "capture failed");
-    Status::internal("internal error")
+    leadflow_platform::grpc::failure_status(source, "capture failed")
 }
 
 impl From<CaptureError> for Status {

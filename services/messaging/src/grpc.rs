@@ -39,15 +39,7 @@ impl MessagingApi {
 }
 
 fn internal(err: anyhow::Error) -> Status {
-    if leadflow_platform::postgres::caused_by_unavailable(&err) {
-        tracing::warn!(
-            error = format!("{err:#}"),
-            "messaging failed: the database is unreachable"
-        );
-        return Status::unavailable("the database is unavailable; retry with backoff");
-    }
-    tracing::error!(error = format!("{err:#}"), "messaging failed");
-    Status::internal("internal error")
+    leadflow_platform::grpc::failure_status(&err, "messaging failed")
 }
 
 fn channel_name(channel: MessageChannel) -> Option<&'static str> {

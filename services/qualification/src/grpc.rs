@@ -36,17 +36,11 @@ impl QualificationService for QualificationApi {
         tracing::Span::current().record("key_id", caller.key_id.as_str());
         let lead_id = require_uuid("lead_id", &request.get_ref().lead_id)
             .map_err(|violations: FieldViolations| violations.into_status("request rejected"))?;
-        let lead = self.store.get(lead_id).await.map_err(|err| {
-            if leadflow_platform::postgres::caused_by_unavailable(&err) {
-                tracing::warn!(
-                    error = format!("{err:#}"),
-                    "get lead: the database is unreachable"
-                );
-                return Status::unavailable("the database is unavailable; retry with backoff");
-            }
-            tracing::error!(error = format!("{err:#}"), "get lead failed");
-            Status::internal("internal error")
-        })?;
+        let lead = self
+            .store
+            .get(lead_id)
+            .await
+            .map_err(|err| leadflow_platform::grpc::failure_status(&err, "get lead failed"))?;
         let lead = lead.ok_or_else(|| Status::not_found("lead not found"))?;
         Ok(Response::new(GetLeadResponse {
             lead: Some(to_proto(lead)),
