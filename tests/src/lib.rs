@@ -262,6 +262,9 @@ impl TestEnv {
                     ("CAPTURE_HTTP_ADDR", "127.0.0.1:0"),
                     // Sweep old idempotent answers often enough for a test to see it.
                     ("CAPTURE_IDEMPOTENCY_SWEEP_SECONDS", "1"),
+                    // A debug build takes over a second to prepare a country code's phone
+                    // patterns; a start that does so is tested on its own.
+                    ("CAPTURE_WARM_PHONE_PATTERNS", "false"),
                 ] {
                     env.push((name.to_owned(), value.to_owned()));
                 }

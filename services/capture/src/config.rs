@@ -57,6 +57,15 @@ pub struct Settings {
     /// lead (and a visitor never linked, after it was last seen); 0 keeps it for good.
     #[serde(default = "default_anonymous_activity_days")]
     pub anonymous_activity_days: u32,
+    /// Whether the phone-number metadata and the patterns of the default region's and every
+    /// source's country code are prepared before the service reports itself serving (else
+    /// the first numbers of each country code pay for it).
+    #[serde(default = "default_warm_phone_patterns")]
+    pub warm_phone_patterns: bool,
+}
+
+fn default_warm_phone_patterns() -> bool {
+    true
 }
 
 fn default_anonymous_activity_days() -> u32 {

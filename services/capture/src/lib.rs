@@ -60,6 +60,9 @@ pub async fn build(config: Config) -> anyhow::Result<Application> {
     let outbox = host.outbox(CAPTURE_STREAM);
     let leads = store::LeadStore::new(host.pool().clone(), outbox, checked.keyring, identity_key);
     let sources = store::SourceStore::new(host.pool().clone());
+    if config.settings.warm_phone_patterns {
+        warm_phone_patterns(&sources, checked.normalize.default_region).await;
+    }
     let sweeper = leads.clone();
     let sweep_every =
         std::time::Duration::from_secs(config.settings.idempotency_sweep_seconds.max(1));
@@ -92,4 +95,35 @@ pub async fn build(config: Config) -> anyhow::Result<Application> {
         .with_task(move |stop| web_forms.serve(stop.cancelled_owned()))
         .with_task(move |stop| rejections.run(stop))
         .with_task(move |stop| sweeper.run_sweeper(sweep_every, anonymous_retention, stop)))
+}
+
+/// Prepares phone-number reading for the configured default region and every source's
+/// region before the service reports itself serving, so the first leads are not the ones
+/// that load the metadata and compile its patterns (B15). A failure to list the sources only
+/// leaves their regions to be prepared by their first numbers.
+async fn warm_phone_patterns(
+    sources: &store::SourceStore,
+    default_region: phonenumber::country::Id,
+) {
+    let started = std::time::Instant::now();
+    let mut regions = vec![default_region];
+    match sources.list().await {
+        Ok(stored) => regions.extend(
+            stored
+                .iter()
+                .filter_map(|source| source.policy.default_region),
+        ),
+        Err(err) => tracing::warn!(
+            error = format!("{err:#}"),
+            "list sources to warm phone patterns"
+        ),
+    }
+    match tokio::task::spawn_blocking(move || domain::phone_patterns::warm(regions)).await {
+        Ok(country_codes) => tracing::info!(
+            country_codes,
+            elapsed_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
+            "phone patterns warmed"
+        ),
+        Err(err) => tracing::warn!(error = %err, "warm phone patterns"),
+    }
 }

@@ -87,11 +87,14 @@ pub fn bench_env(database: &Database, redis_url: &str) -> TestEnv {
 }
 
 /// Returns capture's environment for `env`, with production defaults where the e2e harness
-/// tunes for fast tests (health checks every second, not every 200 ms).
+/// tunes for fast tests (health checks every second, not every 200 ms; phone patterns
+/// prepared before serving).
 pub fn capture_env(env: &TestEnv) -> Vec<(String, String)> {
     env.service_env(Service::Capture)
         .into_iter()
-        .filter(|(name, _)| name != "CAPTURE_HEALTH_INTERVAL_MS")
+        .filter(|(name, _)| {
+            name != "CAPTURE_HEALTH_INTERVAL_MS" && name != "CAPTURE_WARM_PHONE_PATTERNS"
+        })
         .collect()
 }
 

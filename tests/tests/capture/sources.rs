@@ -1,6 +1,9 @@
 //! Sources: their acceptance rules at the door, their administration, and returns.
 
-use leadflow_e2e::{Suite, WEBSITE_SOURCE};
+use std::time::Duration;
+
+use leadflow_e2e::{Running, Service, Suite, TestEnv, WEBSITE_SOURCE, authed};
+use leadflow_proto::capture::v1::capture_service_client::CaptureServiceClient;
 use leadflow_proto::capture::v1::{
     AcceptanceRules, CaptureLeadRequest, ConsentChannel, CreateSourceRequest, DedupeMode,
     DedupePolicy, LeadInput, ListSourcesRequest, ReturnLeadRequest, ReturnReason, SourceKind,
@@ -478,5 +481,81 @@ async fn every_rejection_answered_before_a_shutdown_is_recorded() -> anyhow::Res
     )
     .await?;
     assert_eq!(recorded, 300, "one lead.rejected per rejection, none lost");
+    Ok(())
+}
+
+/// The country codes capture's `phone patterns warmed` line reports, and whether that line
+/// came before health first reported `SERVING`.
+fn warmed_before_serving(logs: &[String]) -> Option<(u64, bool)> {
+    let lines: Vec<serde_json::Value> = logs
+        .iter()
+        .filter_map(|line| serde_json::from_str(line).ok())
+        .collect();
+    let warmed = lines
+        .iter()
+        .position(|line| line["message"] == "phone patterns warmed")?;
+    let serving = lines
+        .iter()
+        .position(|line| line["message"] == "dependencies reachable; serving");
+    let codes = lines[warmed]["country_codes"].as_u64()?;
+    Some((codes, serving.is_some_and(|serving| warmed < serving)))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn phone_patterns_of_the_default_region_and_every_sources_are_ready_before_serving()
+-> anyhow::Result<()> {
+    let env = TestEnv::create().await?;
+    let admin_key = env.create_api_key("e2e-admin", &["admin"]).await?;
+    let mut vars = env.service_env(Service::Capture);
+    vars.extend(
+        [
+            ("CAPTURE_WARM_PHONE_PATTERNS", "true"),
+            ("CAPTURE_DEFAULT_PHONE_REGION", "BR"),
+        ]
+        .map(|(name, value)| (name.to_owned(), value.to_owned())),
+    );
+    let capture = Running::start(Service::Capture, &vars).await?;
+    assert_eq!(
+        warmed_before_serving(&capture.logs()),
+        Some((1, true)),
+        "+55 alone, before serving: {:#?}",
+        capture.logs()
+    );
+    let mut admin = CaptureServiceClient::new(authed(capture.channel().await?, &admin_key)?);
+    for (source_id, region) in [("berlin-partner", "DE"), ("sao-paulo-partner", "BR")] {
+        admin
+            .create_source(CreateSourceRequest {
+                source_id: source_id.into(),
+                settings: Some(SourceSettings {
+                    default_phone_region: region.into(),
+                    ..settings(source_id)
+                }),
+            })
+            .await?;
+    }
+    capture.terminate(Duration::from_secs(15)).await?;
+
+    let capture = Running::start(Service::Capture, &vars).await?;
+    assert_eq!(
+        warmed_before_serving(&capture.logs()),
+        Some((2, true)),
+        "+55 and +49 (BR named twice), before serving: {:#?}",
+        capture.logs()
+    );
+    // Numbers read after a warm start read as before: national in the source's region.
+    let mut admin = CaptureServiceClient::new(authed(capture.channel().await?, &admin_key)?);
+    let captured = admin
+        .capture_lead(CaptureLeadRequest {
+            lead: Some(LeadInput {
+                source: "berlin-partner".into(),
+                phone: "0151 23456789".into(),
+                ..person("warm.start@sources.example", "")
+            }),
+            ..CaptureLeadRequest::default()
+        })
+        .await?
+        .into_inner();
+    let lead = captured.lead.expect("a lead");
+    assert_eq!(lead.phone, "+4915123456789");
     Ok(())
 }
