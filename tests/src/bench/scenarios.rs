@@ -150,7 +150,7 @@ pub async fn run(plan: Plan) {
     let cpu_start = CpuTimes::read();
     let mut report = Report::default();
     println!(
-        "leadflow bench {} — capture: B2, B3, B5, B13, B15 (ratios to same-run references)",
+        "leadflow bench {} — capture: B2, B3, B5, B13, B14, B15 (ratios to same-run references)",
         plan.mode
     );
     let binary = match process::capture_binary() {
@@ -529,9 +529,11 @@ async fn measure(
             }
         },
     };
-    if capture || plan.only == Some(Only::Latency) {
-        b3(plan, fixture, report, subject_rate).await;
-    }
+    let b14 = if capture || plan.only == Some(Only::Latency) {
+        b3(plan, fixture, report, subject_rate).await
+    } else {
+        None
+    };
     let b5 = if import {
         Some(b5(plan, fixture, report, copy_database).await)
     } else {
@@ -581,6 +583,9 @@ async fn measure(
         " MB",
         plan.rounds,
     ));
+    if capture {
+        report.rows.push(b14.unwrap_or_else(|| b14_row(None)));
+    }
     let started_ms = fixture.capture.started_in.as_secs_f64() * 1000.0;
     report.rows.push(Row::absolute(
         "B15 start",
@@ -794,7 +799,50 @@ async fn b2(plan: &Plan, fixture: &Fixture, report: &mut Report) -> anyhow::Resu
     Ok(B2 { subject_rates, rss })
 }
 
-async fn b3(plan: &Plan, fixture: &Fixture, report: &mut Report, subject_rate: Option<f64>) {
+/// B14's row: capture's CPU µs per lead against the echo server's per call at the same
+/// arrival rate (`None`: not measured).
+fn b14_row(measured: Option<(f64, f64)>) -> Row {
+    let micros = |value: f64| format!("{value:.0} µs");
+    let (reference, subject, stats) = match measured {
+        Some((capture, echo)) => (
+            micros(echo),
+            micros(capture),
+            RatioStats::of(&[capture / echo.max(f64::MIN_POSITIVE)]),
+        ),
+        None => ("—".to_owned(), "—".to_owned(), None),
+    };
+    Row::ratio(
+        "B14 CPU",
+        "capture CPU per lead, 50%",
+        "R-echo server CPU per call",
+        reference,
+        subject,
+        stats,
+        Goal::AtMost(20.0),
+    )
+}
+
+/// CPU µs per call from a process's clock ticks before and after `calls` calls, at
+/// `clock_ticks` ticks per second; `None` when either reading failed or nothing was counted.
+fn cpu_micros_per_call(
+    clock_ticks: u64,
+    before: Option<u64>,
+    after: Option<u64>,
+    calls: u64,
+) -> Option<f64> {
+    let ticks = after?.checked_sub(before?)?;
+    (calls > 0 && ticks > 0 && clock_ticks > 0)
+        .then(|| ticks as f64 * 1_000_000.0 / clock_ticks as f64 / calls as f64)
+}
+
+/// Runs B3 and returns B14's row, measured during B3b at 50 % (`None` without that phase).
+async fn b3(
+    plan: &Plan,
+    fixture: &Fixture,
+    report: &mut Report,
+    subject_rate: Option<f64>,
+) -> Option<Row> {
+    let mut b14 = None;
     let subject = capture_op(fixture);
     let reference = reference_op(fixture);
     let invalid = invalid_op(fixture);
@@ -912,7 +960,9 @@ async fn b3(plan: &Plan, fixture: &Fixture, report: &mut Report, subject_rate: O
             thousands(rate),
             plan.open_window.as_secs()
         ));
+        let capture_before = fixture.capture.cpu_ticks();
         let open = load::open_loop(rate, plan.open_window, 1024, subject.clone()).await;
+        let capture_after = fixture.capture.cpu_ticks();
         let p99 = open.latency.value_at_quantile(0.99) as f64 / 1000.0;
         let healthy = open.errors == 0 && open.unfinished == 0 && !open.latency.is_empty();
         // Errors or unanswered calls fail the row whatever the latency of the rest.
@@ -947,6 +997,27 @@ async fn b3(plan: &Plan, fixture: &Fixture, report: &mut Report, subject_rate: O
                     String::new()
                 }
             ));
+            // B14: CPU per call is steadier than wall time on shared cores. Capture's (relay
+            // included) over the calls just answered, against the bare echo server's at the
+            // same arrival rate.
+            let capture_cpu =
+                cpu_micros_per_call(fixture.clock_ticks, capture_before, capture_after, open.ok);
+            let echo_cpu = match (&fixture.echo, &echo) {
+                (Some(server), Some(echo)) => {
+                    let before = server.cpu_ticks();
+                    let calls = load::open_loop(rate, plan.open_window, 1024, echo.clone()).await;
+                    cpu_micros_per_call(fixture.clock_ticks, before, server.cpu_ticks(), calls.ok)
+                }
+                _ => None,
+            };
+            if let (Some(capture_cpu), Some(echo_cpu)) = (capture_cpu, echo_cpu) {
+                report.figure(format!(
+                    "B14         CPU at {} calls/s: capture {capture_cpu:.0} µs per lead (relay included), R-echo server {echo_cpu:.1} µs per call ({} ticks/s)",
+                    thousands(rate),
+                    fixture.clock_ticks
+                ));
+                b14 = Some(b14_row(Some((capture_cpu, echo_cpu))));
+            }
         }
     }
     report.rows.push(Row::ratio(
@@ -962,6 +1033,7 @@ async fn b3(plan: &Plan, fixture: &Fixture, report: &mut Report, subject_rate: O
         "B3c         invalid CaptureLead 1 client: {} (each one also queues its lead.rejected event, written in batches after the answer)",
         quantiles(&invalid_latency)
     ));
+    b14
 }
 
 fn report_open(report: &mut Report, label: &str, open: &Open) {
@@ -1429,4 +1501,38 @@ async fn print_report(
     );
     println!();
     println!("{}", report::table(&report.rows));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cpu_per_call_is_ticks_over_calls_and_nothing_when_unmeasured() {
+        // 45 ticks at 100 per second over 1,000 calls: 450 ms / 1,000 = 450 µs.
+        assert_eq!(
+            cpu_micros_per_call(100, Some(1_000), Some(1_045), 1_000),
+            Some(450.0)
+        );
+        assert_eq!(cpu_micros_per_call(100, None, Some(1_045), 1_000), None);
+        assert_eq!(
+            cpu_micros_per_call(100, Some(1_045), Some(1_000), 1_000),
+            None
+        );
+        assert_eq!(
+            cpu_micros_per_call(100, Some(1_000), Some(1_000), 1_000),
+            None
+        );
+        assert_eq!(cpu_micros_per_call(100, Some(1_000), Some(1_045), 0), None);
+    }
+
+    #[test]
+    fn b14_passes_at_most_twenty_times_the_echo_servers_cpu() {
+        let within = b14_row(Some((900.0, 50.0)));
+        assert_eq!(within.verdict, report::Verdict::Pass);
+        assert_eq!(within.subj_value, "900 µs");
+        let over = b14_row(Some((1_100.0, 50.0)));
+        assert_eq!(over.verdict, report::Verdict::Fail);
+        assert_eq!(b14_row(None).verdict, report::Verdict::NotRun);
+    }
 }

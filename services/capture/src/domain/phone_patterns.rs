@@ -297,11 +297,9 @@ mod tests {
 
     #[test]
     fn warming_prepares_each_country_code_of_the_regions_once() {
-        let regions = ["US", "CA", "BR", "XK"].map(|region| region.parse().expect("a region"));
-        // US and CA share +1; BR is +55; Kosovo has an id but no metadata of its own here.
-        let prepared = warm(regions);
-        let expected_codes = usize::from(DATABASE.by_id("XK").is_some()) + 2;
-        assert_eq!(prepared, expected_codes);
+        let regions = ["US", "CA", "BR"].map(|region| region.parse().expect("a region"));
+        // US and CA share +1; BR is +55.
+        assert_eq!(warm(regions), 2);
         let done = PREPARED.read().expect("not poisoned");
         assert!(done.contains(&1) && done.contains(&55), "{done:?}");
         let cache = DATABASE.cache();
