@@ -768,8 +768,8 @@ async fn b2(plan: &Plan, fixture: &Fixture, report: &mut Report) -> anyhow::Resu
         ));
     }
     let per_lead = |ticks: u64, cpu: &PhaseCpu| {
-        let micros = ticks as f64 * 1_000_000.0 / fixture.clock_ticks as f64;
-        format!("{:.0} µs", micros / cpu.leads.max(1) as f64)
+        cpu_micros_per_call(fixture.clock_ticks, Some(0), Some(ticks), cpu.leads)
+            .map_or_else(|| "— µs".to_owned(), |micros| format!("{micros:.0} µs"))
     };
     if subject_cpu.leads > 0 {
         // Postgres and the bench's own client beside capture, on both sides: where a gap
