@@ -1,15 +1,11 @@
 //! The SQL references of the run, kept in one place.
 //!
-//! **R-pg-capture** is exactly the statement sequence one `CaptureLead` of a *new* lead runs,
-//! copied from `services/capture/src/store/` and issued with sqlx (prepared, like the service)
-//! against the same database, schema, indexes, triggers and outbox relay:
-//!
-//! | statement          | mirrors (`services/capture/src/store/leads.rs`)                     |
-//! |--------------------|---------------------------------------------------------------------|
-//! | `BEGIN`            | `LeadStore::capture_once`: `postgres::begin(&self.pool)`          |
-//! | [`SELECT_KNOWN`]   | `capture_in`: suppression and the `FOR UPDATE` lookup by blind index |
-//! | [`INSERT_CAPTURE`] | `LeadStore::insert_capture`: lead, touch, consent and outbox row     |
-//! | `COMMIT`           | `capture_once`: `self.outbox.commit(tx)` (its relay wake is no SQL)  |
+//! **R-pg-capture** is exactly the SQL one `CaptureLead` of a *new* lead runs, copied from
+//! `services/capture/src/store/leads.rs` and issued with sqlx (prepared, like the service)
+//! against the same database, schema, indexes, triggers and outbox relay: one autocommitted
+//! statement, [`INSERT_NEW_LEAD`] (`LeadStore::capture`'s path for a person nobody holds
+//! yet: the suppression and identity checks, the lead, its touch, consent and outbox row;
+//! its relay wake is no SQL).
 //!
 //! A new lead's answer is built from the values just written (`new_lead_view`), so no
 //! read-back is part of a capture either. Capture reads its source from a per-replica cache
@@ -39,39 +35,34 @@ use leadflow_platform::pii::{Keyring, keyed_hash};
 use leadflow_proto::events::v1::{EmailDomainKind, LeadCaptured};
 use prost::Message;
 use secrecy::SecretString;
-use sqlx::{PgConnection, PgPool, Row as _};
+use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
 
 use crate::leads::{Lead, Rng, SOURCE};
 
 // --- R-pg-capture: the statements, verbatim from the service --------------------------------
 
-/// `LeadStore::capture_in`: whether the person is suppressed, and their leads, locked.
-pub const SELECT_KNOWN: &str = "SELECT s.suppressed, k.* \
-             FROM (SELECT EXISTS (SELECT 1 FROM capture.suppressions WHERE bidx IN ($1, $2)) AS suppressed) s \
-             LEFT JOIN LATERAL (SELECT lead_id, source_id, data_key, email_bidx, phone_bidx, first_name_sealed, \
-                 last_name_sealed, company, country, website, job_title, last_captured_at, \
-                 email_bidx = $1 AS by_email, created_at \
-               FROM capture.leads WHERE (email_bidx = $1 OR phone_bidx = $2) AND erased_at IS NULL FOR UPDATE) k ON true \
-             ORDER BY k.by_email DESC NULLS LAST, k.created_at";
-
-/// `LeadStore::insert_capture`: the lead, its touch, its consent and its `lead.captured`
-/// outbox row (as `Outbox::envelope` builds it) in one statement.
-pub const INSERT_CAPTURE: &str = "WITH lead AS (INSERT INTO capture.leads (lead_id, source_id, channel, campaign, data_key, email_bidx, \
+/// `LeadStore::capture`'s statement for a person nobody holds yet: the lead, its touch, its
+/// consent and its `lead.captured` outbox row (as `Outbox::envelope` builds it), unless the
+/// person is suppressed or known, autocommitted.
+pub const INSERT_NEW_LEAD: &str = "WITH known AS (SELECT EXISTS (SELECT 1 FROM capture.suppressions WHERE bidx IN ($6, $7)) \
+               OR EXISTS (SELECT 1 FROM capture.leads WHERE (email_bidx = $6 OR phone_bidx = $7) AND erased_at IS NULL) \
+               AS known), \
+             lead AS (INSERT INTO capture.leads (lead_id, source_id, channel, campaign, data_key, email_bidx, \
                phone_bidx, email_sealed, phone_sealed, first_name_sealed, last_name_sealed, email_kind, email_role, \
                phone_region, phone_line_type, company, country, website, job_title, quality_score, email_digest, \
                phone_digest, merged_into, merged_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, \
-               $23, CASE WHEN $23::uuid IS NULL THEN NULL ELSE now() END) \
-             RETURNING created_at), \
+             SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, \
+               $23, CASE WHEN $23::uuid IS NULL THEN NULL ELSE now() END WHERE NOT (SELECT known FROM known) \
+             ON CONFLICT DO NOTHING RETURNING created_at), \
              touch AS (INSERT INTO capture.touches (touch_id, lead_id, source_id, channel, campaign, utm_source, \
                utm_medium, utm_campaign, utm_term, utm_content, gclid, fbclid, referrer, landing_page) \
-             VALUES ($24, $1, $2, $3, $4, $25, $26, $27, $28, $29, $30, $31, $32, $33)), \
+             SELECT $24, $1, $2, $3, $4, $25, $26, $27, $28, $29, $30, $31, $32, $33 FROM lead), \
              consent AS (INSERT INTO capture.consents (consent_id, lead_id, channels, disclosure_text, \
                disclosure_sha256, form_url, form_version, ip_sealed, user_agent_sealed, legal_basis, given_at) \
-             SELECT $34, $1, $35, $36, $37, $38, $39, $40, $41, $42, COALESCE($43, now()) WHERE $34::uuid IS NOT NULL), \
+             SELECT $34, $1, $35, $36, $37, $38, $39, $40, $41, $42, COALESCE($43, now()) FROM lead WHERE $34::uuid IS NOT NULL), \
              event AS (INSERT INTO capture.outbox (event_id, stream, event_type, envelope) \
-             SELECT $44, $45, $46, $47 WHERE $44::uuid IS NOT NULL) \
+             SELECT $44, $45, $46, $47 FROM lead WHERE $44::uuid IS NOT NULL) \
              SELECT created_at FROM lead";
 
 /// AES-256-GCM nonce + tag around every sealed value.
@@ -226,19 +217,8 @@ pub async fn capture_new_lead(
     let attribution = request.attribution.clone().unwrap_or_default();
     let consent = request.consent.clone().unwrap_or_default();
 
-    // LeadStore::capture_once → capture_in.
-    let mut tx = leadflow_platform::postgres::begin(pool).await?;
-    let known = sqlx::query(SELECT_KNOWN)
-        .bind(&capture.email_bidx)
-        .bind(&capture.phone_bidx)
-        .fetch_all(&mut *tx)
-        .await?;
-    debug_assert!(
-        known.len() == 1 && known[0].try_get::<Option<Uuid>, _>("lead_id").ok() == Some(None),
-        "reference leads are new, unsuppressed people"
-    );
-    // insert_capture.
-    sqlx::query(INSERT_CAPTURE)
+    // LeadStore::capture → insert_with(INSERT_NEW_LEAD), autocommitted.
+    let inserted = sqlx::query(INSERT_NEW_LEAD)
         .bind(capture.lead_id)
         .bind(SOURCE)
         .bind(&normalized.channel)
@@ -286,9 +266,12 @@ pub async fn capture_new_lead(
         .bind(&material.stream)
         .bind(types::LEAD_CAPTURED)
         .bind(Some(&capture.envelope))
-        .fetch_one(&mut *tx)
+        .fetch_optional(pool)
         .await?;
-    tx.commit().await?;
+    debug_assert!(
+        inserted.is_some(),
+        "reference leads are new, unsuppressed people"
+    );
     Ok(())
 }
 
@@ -568,15 +551,10 @@ mod tests {
     #[test]
     fn reference_sql_is_the_service_sql() {
         let leads = unescaped_source("services/capture/src/store/leads.rs");
-        for (name, sql, file) in [
-            ("SELECT_KNOWN", SELECT_KNOWN, &leads),
-            ("INSERT_CAPTURE", INSERT_CAPTURE, &leads),
-        ] {
-            assert!(
-                file.contains(&format!("\"{sql}\"")),
-                "R-pg-capture's {name} is no longer what capture runs; update tests/src/bench/reference.rs:\n{sql}"
-            );
-        }
+        assert!(
+            leads.contains(&format!("\"{INSERT_NEW_LEAD}\"")),
+            "R-pg-capture's INSERT_NEW_LEAD is no longer what capture runs; update tests/src/bench/reference.rs:\n{INSERT_NEW_LEAD}"
+        );
     }
 
     #[test]

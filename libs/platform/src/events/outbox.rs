@@ -90,6 +90,12 @@ impl Outbox {
         self.wake.commit(tx).await
     }
 
+    /// Wakes the relay after a statement that added events committed on its own
+    /// (autocommit), without a transaction to pass to [`Outbox::commit`].
+    pub fn wake(&self) {
+        self.wake.wake();
+    }
+
     /// Returns the stream this outbox publishes to.
     pub fn stream(&self) -> &str {
         &self.stream

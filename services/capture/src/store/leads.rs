@@ -387,6 +387,49 @@ pub struct LeadStore {
     retries: Arc<AtomicU64>,
 }
 
+/// A capture's row, its touch, its consent record (when `$34` is set) and its `lead.captured`
+/// event (when `$44` is set), inside the caller's transaction.
+const INSERT_CAPTURE: &str = "WITH lead AS (INSERT INTO capture.leads (lead_id, source_id, channel, campaign, data_key, email_bidx, \
+               phone_bidx, email_sealed, phone_sealed, first_name_sealed, last_name_sealed, email_kind, email_role, \
+               phone_region, phone_line_type, company, country, website, job_title, quality_score, email_digest, \
+               phone_digest, merged_into, merged_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, \
+               $23, CASE WHEN $23::uuid IS NULL THEN NULL ELSE now() END) \
+             RETURNING created_at), \
+             touch AS (INSERT INTO capture.touches (touch_id, lead_id, source_id, channel, campaign, utm_source, \
+               utm_medium, utm_campaign, utm_term, utm_content, gclid, fbclid, referrer, landing_page) \
+             VALUES ($24, $1, $2, $3, $4, $25, $26, $27, $28, $29, $30, $31, $32, $33)), \
+             consent AS (INSERT INTO capture.consents (consent_id, lead_id, channels, disclosure_text, \
+               disclosure_sha256, form_url, form_version, ip_sealed, user_agent_sealed, legal_basis, given_at) \
+             SELECT $34, $1, $35, $36, $37, $38, $39, $40, $41, $42, COALESCE($43, now()) WHERE $34::uuid IS NOT NULL), \
+             event AS (INSERT INTO capture.outbox (event_id, stream, event_type, envelope) \
+             SELECT $44, $45, $46, $47 WHERE $44::uuid IS NOT NULL) \
+             SELECT created_at FROM lead";
+
+/// [`INSERT_CAPTURE`] of a new lead on its own, autocommitted: nothing is inserted when the
+/// person is suppressed, already has a lead, or gets one from a concurrent capture before
+/// this one commits (`ON CONFLICT DO NOTHING` on the unique identities), and then no row
+/// comes back.
+const INSERT_NEW_LEAD: &str = "WITH known AS (SELECT EXISTS (SELECT 1 FROM capture.suppressions WHERE bidx IN ($6, $7)) \
+               OR EXISTS (SELECT 1 FROM capture.leads WHERE (email_bidx = $6 OR phone_bidx = $7) AND erased_at IS NULL) \
+               AS known), \
+             lead AS (INSERT INTO capture.leads (lead_id, source_id, channel, campaign, data_key, email_bidx, \
+               phone_bidx, email_sealed, phone_sealed, first_name_sealed, last_name_sealed, email_kind, email_role, \
+               phone_region, phone_line_type, company, country, website, job_title, quality_score, email_digest, \
+               phone_digest, merged_into, merged_at) \
+             SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, \
+               $23, CASE WHEN $23::uuid IS NULL THEN NULL ELSE now() END WHERE NOT (SELECT known FROM known) \
+             ON CONFLICT DO NOTHING RETURNING created_at), \
+             touch AS (INSERT INTO capture.touches (touch_id, lead_id, source_id, channel, campaign, utm_source, \
+               utm_medium, utm_campaign, utm_term, utm_content, gclid, fbclid, referrer, landing_page) \
+             SELECT $24, $1, $2, $3, $4, $25, $26, $27, $28, $29, $30, $31, $32, $33 FROM lead), \
+             consent AS (INSERT INTO capture.consents (consent_id, lead_id, channels, disclosure_text, \
+               disclosure_sha256, form_url, form_version, ip_sealed, user_agent_sealed, legal_basis, given_at) \
+             SELECT $34, $1, $35, $36, $37, $38, $39, $40, $41, $42, COALESCE($43, now()) FROM lead WHERE $34::uuid IS NOT NULL), \
+             event AS (INSERT INTO capture.outbox (event_id, stream, event_type, envelope) \
+             SELECT $44, $45, $46, $47 FROM lead WHERE $44::uuid IS NOT NULL) \
+             SELECT created_at FROM lead";
+
 /// Rows a sweep deletes per statement, so no transaction holds many locks.
 const SWEEP_BATCH: i64 = 5_000;
 
@@ -586,6 +629,35 @@ impl LeadStore {
         respond: &(dyn Fn(&Captured) -> Vec<u8> + Send + Sync),
     ) -> Result<Captured, StoreError> {
         let (email_bidx, phone_bidx) = self.identities(request);
+        // A person nobody holds yet, without an idempotency key or a visitor to link, is
+        // stored by one autocommitted statement; anyone else (or a person stored by a
+        // concurrent capture meanwhile) goes through the transaction below.
+        if idempotency.is_none() && request.lead.visitor_id.is_none() {
+            let row = NewRow::lead(email_bidx.as_deref(), phone_bidx.as_deref());
+            let fresh = || async {
+                self.insert_with(&self.pool, INSERT_NEW_LEAD, source, request, row)
+                    .await
+            };
+            let stored = self.retry_conflicts("capture", fresh).await;
+            // As `Outbox::commit`: an error may hide a statement that committed.
+            if !matches!(stored, Ok(None)) {
+                self.outbox.wake();
+            }
+            if let Some(inserted) = stored? {
+                let lead = new_lead_view(
+                    inserted.row_id,
+                    source,
+                    request,
+                    inserted.created_at,
+                    inserted.consent_id,
+                );
+                return Ok(Captured {
+                    outcome: Outcome::Created,
+                    lead,
+                    merge_id: None,
+                });
+            }
+        }
         let attempt = || async {
             self.capture_once(
                 source,
@@ -816,6 +888,24 @@ impl LeadStore {
         request: &CaptureRequest,
         row: NewRow<'_>,
     ) -> Result<Inserted, StoreError> {
+        self.insert_with(&mut *tx, INSERT_CAPTURE, source, request, row)
+            .await?
+            .ok_or_else(|| anyhow::anyhow!("insert capture: no row returned").into())
+    }
+
+    /// Runs `sql` ([`INSERT_CAPTURE`] or [`INSERT_NEW_LEAD`], which bind the same values) on
+    /// `executor` for `row`; `None` when the statement inserted nothing.
+    async fn insert_with<'e, E>(
+        &self,
+        executor: E,
+        sql: &'static str,
+        source: &SourcePolicy,
+        request: &CaptureRequest,
+        row: NewRow<'_>,
+    ) -> Result<Option<Inserted>, StoreError>
+    where
+        E: sqlx::PgExecutor<'e>,
+    {
         let lead = &request.lead;
         let attribution = &request.attribution;
         let lead_id = Uuid::now_v7();
@@ -842,80 +932,74 @@ impl LeadStore {
             }
             Some(_) => None,
         };
-        let created_at: DateTime<Utc> = sqlx::query_scalar(
-            "WITH lead AS (INSERT INTO capture.leads (lead_id, source_id, channel, campaign, data_key, email_bidx, \
-               phone_bidx, email_sealed, phone_sealed, first_name_sealed, last_name_sealed, email_kind, email_role, \
-               phone_region, phone_line_type, company, country, website, job_title, quality_score, email_digest, \
-               phone_digest, merged_into, merged_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, \
-               $23, CASE WHEN $23::uuid IS NULL THEN NULL ELSE now() END) \
-             RETURNING created_at), \
-             touch AS (INSERT INTO capture.touches (touch_id, lead_id, source_id, channel, campaign, utm_source, \
-               utm_medium, utm_campaign, utm_term, utm_content, gclid, fbclid, referrer, landing_page) \
-             VALUES ($24, $1, $2, $3, $4, $25, $26, $27, $28, $29, $30, $31, $32, $33)), \
-             consent AS (INSERT INTO capture.consents (consent_id, lead_id, channels, disclosure_text, \
-               disclosure_sha256, form_url, form_version, ip_sealed, user_agent_sealed, legal_basis, given_at) \
-             SELECT $34, $1, $35, $36, $37, $38, $39, $40, $41, $42, COALESCE($43, now()) WHERE $34::uuid IS NOT NULL), \
-             event AS (INSERT INTO capture.outbox (event_id, stream, event_type, envelope) \
-             SELECT $44, $45, $46, $47 WHERE $44::uuid IS NOT NULL) \
-             SELECT created_at FROM lead",
-        )
-        .bind(lead_id)
-        .bind(&source.source_id)
-        .bind(&lead.channel)
-        .bind(&lead.campaign)
-        .bind(wrapped)
-        .bind(row.email_digest.filter(|_| row.claim_email))
-        .bind(row.phone_digest.filter(|_| row.claim_phone))
-        .bind(seal("email", lead.email_address())?)
-        .bind(seal("phone", lead.phone_e164())?)
-        .bind(seal("first_name", &lead.first_name)?)
-        .bind(seal("last_name", &lead.last_name)?)
-        .bind(lead.email_kind_name())
-        .bind(lead.email_role())
-        .bind(lead.phone.as_ref().and_then(|phone| phone.region.as_deref()).unwrap_or_default())
-        .bind(lead.phone_line_type())
-        .bind(&lead.company)
-        .bind(&lead.country)
-        .bind(&lead.website)
-        .bind(&lead.job_title)
-        .bind(lead.quality_score())
-        .bind(row.email_digest)
-        .bind(row.phone_digest)
-        .bind(row.merged_into)
-        .bind(Uuid::now_v7())
-        .bind(&attribution.utm_source)
-        .bind(&attribution.utm_medium)
-        .bind(&attribution.utm_campaign)
-        .bind(&attribution.utm_term)
-        .bind(&attribution.utm_content)
-        .bind(&attribution.gclid)
-        .bind(&attribution.fbclid)
-        .bind(&attribution.referrer)
-        .bind(&attribution.landing_page)
-        .bind(consent_id)
-        .bind(consent.map(Consent::channel_names))
-        .bind(consent.map(|consent| &consent.disclosure_text))
-        .bind(consent.map(|consent| &consent.disclosure_sha256))
-        .bind(consent.map(|consent| &consent.form_url))
-        .bind(consent.map(|consent| &consent.form_version))
-        .bind(seal_consent("ip_address", &consent.map(Consent::ip_text).unwrap_or_default())?)
-        .bind(seal_consent("user_agent", consent.map_or("", |consent| &consent.user_agent))?)
-        .bind(consent.map(|consent| consent.legal_basis.as_str_name()))
-        .bind(consent.and_then(|consent| consent.given_at))
-        .bind(event.as_ref().map(|(event_id, _)| *event_id))
-        .bind(self.outbox.stream())
-        .bind(types::LEAD_CAPTURED)
-        .bind(event.map(|(_, envelope)| envelope))
-        .fetch_one(&mut *tx)
-        .await
-        .context("insert capture")?;
-        Ok(Inserted {
+        let created_at: Option<DateTime<Utc>> = sqlx::query_scalar(sql)
+            .bind(lead_id)
+            .bind(&source.source_id)
+            .bind(&lead.channel)
+            .bind(&lead.campaign)
+            .bind(wrapped)
+            .bind(row.email_digest.filter(|_| row.claim_email))
+            .bind(row.phone_digest.filter(|_| row.claim_phone))
+            .bind(seal("email", lead.email_address())?)
+            .bind(seal("phone", lead.phone_e164())?)
+            .bind(seal("first_name", &lead.first_name)?)
+            .bind(seal("last_name", &lead.last_name)?)
+            .bind(lead.email_kind_name())
+            .bind(lead.email_role())
+            .bind(
+                lead.phone
+                    .as_ref()
+                    .and_then(|phone| phone.region.as_deref())
+                    .unwrap_or_default(),
+            )
+            .bind(lead.phone_line_type())
+            .bind(&lead.company)
+            .bind(&lead.country)
+            .bind(&lead.website)
+            .bind(&lead.job_title)
+            .bind(lead.quality_score())
+            .bind(row.email_digest)
+            .bind(row.phone_digest)
+            .bind(row.merged_into)
+            .bind(Uuid::now_v7())
+            .bind(&attribution.utm_source)
+            .bind(&attribution.utm_medium)
+            .bind(&attribution.utm_campaign)
+            .bind(&attribution.utm_term)
+            .bind(&attribution.utm_content)
+            .bind(&attribution.gclid)
+            .bind(&attribution.fbclid)
+            .bind(&attribution.referrer)
+            .bind(&attribution.landing_page)
+            .bind(consent_id)
+            .bind(consent.map(Consent::channel_names))
+            .bind(consent.map(|consent| &consent.disclosure_text))
+            .bind(consent.map(|consent| &consent.disclosure_sha256))
+            .bind(consent.map(|consent| &consent.form_url))
+            .bind(consent.map(|consent| &consent.form_version))
+            .bind(seal_consent(
+                "ip_address",
+                &consent.map(Consent::ip_text).unwrap_or_default(),
+            )?)
+            .bind(seal_consent(
+                "user_agent",
+                consent.map_or("", |consent| &consent.user_agent),
+            )?)
+            .bind(consent.map(|consent| consent.legal_basis.as_str_name()))
+            .bind(consent.and_then(|consent| consent.given_at))
+            .bind(event.as_ref().map(|(event_id, _)| *event_id))
+            .bind(self.outbox.stream())
+            .bind(types::LEAD_CAPTURED)
+            .bind(event.map(|(_, envelope)| envelope))
+            .fetch_optional(executor)
+            .await
+            .context("insert capture")?;
+        Ok(created_at.map(|created_at| Inserted {
             row_id: lead_id,
             key,
             created_at,
             consent_id,
-        })
+        }))
     }
 
     /// Folds a row into a known lead: its empty fields are filled (sealed under the lead's
