@@ -391,9 +391,17 @@ pub fn parse_phone(raw: &str, region: Region) -> Result<Option<Phone>, &'static 
     }
     let number = phonenumber::parse((!international).then_some(region), trimmed)
         .map_err(|_| "is not a phone number")?;
-    phone_patterns::prepare_code(number.code().value());
-    // `is_valid` is "has a known type" in phonenumber 0.3, so the type is looked up once.
-    let kind = number.number_type(&phonenumber::metadata::DATABASE);
+    let code = number.code().value();
+    // phonenumber reads region and type from its national number's digits, leading zeros
+    // dropped (`value()`); so does `classify`, which answers as it does.
+    let national = number.national().value().to_string();
+    let (region, kind) = phone_patterns::classify(code, &national).unwrap_or_else(|| {
+        (
+            number.country().id(),
+            number.number_type(&phonenumber::metadata::DATABASE),
+        )
+    });
+    // `is_valid` is "has a known type" in phonenumber 0.3.
     if kind == phonenumber::Type::Unknown {
         return Err("is not a valid phone number");
     }
@@ -412,8 +420,8 @@ pub fn parse_phone(raw: &str, region: Region) -> Result<Option<Phone>, &'static 
     Ok(Some(Phone {
         // E.164 is `+`, the country code and the national number (phonenumber's formatter
         // writes exactly this, after matching every national format's patterns for nothing).
-        e164: format!("+{}{}", number.code().value(), number.national()),
-        region: number.country().id().map(|id| id.as_ref().to_owned()),
+        e164: format!("+{code}{}", number.national()),
+        region: region.map(|id| id.as_ref().to_owned()),
         line_type,
     }))
 }
