@@ -5,9 +5,24 @@ use tonic::codegen::http;
 use tonic::metadata::{Ascii, MetadataValue};
 use tonic::transport::{Channel, Endpoint};
 
-/// Returns the server span of one call, parented to the caller's `traceparent`.
+/// Returns the server span of one call, parented to the caller's `traceparent` and named
+/// `package.Service/Method` in traces.
+///
+/// It is the call's only span: the authenticator records the caller's `key_id` in it and
+/// handlers the `lead_id`, `merge_id` or `review_id` they act on (a span of each handler's
+/// own beside it cost every call a second span to open, enter, export and close).
 pub fn server_span(request: &http::Request<()>) -> tracing::Span {
-    let span = tracing::info_span!("grpc", rpc = %request.uri().path(), otel.kind = "server");
+    let path = request.uri().path();
+    let span = tracing::info_span!(
+        "grpc",
+        rpc = %path,
+        otel.name = path.trim_start_matches('/'),
+        otel.kind = "server",
+        key_id = tracing::field::Empty,
+        lead_id = tracing::field::Empty,
+        merge_id = tracing::field::Empty,
+        review_id = tracing::field::Empty,
+    );
     crate::telemetry::set_parent_from_headers(&span, request.headers());
     span
 }

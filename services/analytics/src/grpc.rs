@@ -36,13 +36,11 @@ impl AnalyticsApi {
 
 #[tonic::async_trait]
 impl AnalyticsService for AnalyticsApi {
-    #[tracing::instrument(skip_all, fields(key_id))]
     async fn get_funnel(
         &self,
         request: Request<GetFunnelRequest>,
     ) -> Result<Response<GetFunnelResponse>, Status> {
-        let caller = Caller::require(&request, Scope::LeadsRead)?;
-        tracing::Span::current().record("key_id", caller.key_id.as_str());
+        Caller::require(&request, Scope::LeadsRead)?;
         let channel = request.get_ref().channel.trim().to_lowercase();
         if channel.chars().count() > 64 {
             let mut violations = FieldViolations::new();

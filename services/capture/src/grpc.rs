@@ -56,7 +56,6 @@ impl CaptureApi {
 
     fn origin<T>(&self, request: &Request<T>, scope: Scope) -> Result<Origin, Status> {
         let caller = caller(request, scope)?;
-        tracing::Span::current().record("key_id", caller.key_id.as_str());
         Ok(Origin {
             unmask: caller.has(Scope::PiiRead),
             caller: caller.key_id,
@@ -151,7 +150,7 @@ async fn prepare_chunk(
     (numbers, prepared, broken)
 }
 
-/// Checks a page size: 1–500, 0 meaning 50./// Checks a page size: 1–500, 0 meaning 50.
+/// Checks a page size: 1–500, 0 meaning 50.
 fn page_size(violations: &mut FieldViolations, requested: i32) -> i32 {
     if !(0..=500).contains(&requested) {
         violations.reject("page_size", "OUT_OF_RANGE", "must be 1 to 500 (0 for 50)");
@@ -201,7 +200,6 @@ fn idempotency_key<T>(request: &Request<T>) -> Result<Option<String>, Status> {
 
 #[tonic::async_trait]
 impl CaptureService for CaptureApi {
-    #[tracing::instrument(skip_all, fields(key_id))]
     async fn capture_lead(
         &self,
         request: Request<CaptureLeadRequest>,
@@ -218,7 +216,6 @@ impl CaptureService for CaptureApi {
     type ImportLeadsStream =
         Pin<Box<dyn Stream<Item = Result<ImportLeadsResponse, Status>> + Send + 'static>>;
 
-    #[tracing::instrument(skip_all, fields(key_id))]
     async fn import_leads(
         &self,
         request: Request<Streaming<ImportLeadsRequest>>,
@@ -292,7 +289,6 @@ impl CaptureService for CaptureApi {
         Ok(Response::new(Box::pin(results)))
     }
 
-    #[tracing::instrument(skip_all, fields(key_id))]
     async fn record_activity(
         &self,
         request: Request<RecordActivityRequest>,
@@ -305,7 +301,6 @@ impl CaptureService for CaptureApi {
         Ok(Response::new(answer))
     }
 
-    #[tracing::instrument(skip_all, fields(lead_id))]
     async fn list_activities(
         &self,
         request: Request<ListActivitiesRequest>,
@@ -338,7 +333,6 @@ impl CaptureService for CaptureApi {
         }))
     }
 
-    #[tracing::instrument(skip_all)]
     async fn list_leads(
         &self,
         request: Request<ListLeadsRequest>,
@@ -372,7 +366,6 @@ impl CaptureService for CaptureApi {
         }))
     }
 
-    #[tracing::instrument(skip_all, fields(lead_id))]
     async fn get_lead(
         &self,
         request: Request<GetLeadRequest>,
@@ -393,7 +386,6 @@ impl CaptureService for CaptureApi {
         }))
     }
 
-    #[tracing::instrument(skip_all, fields(lead_id))]
     async fn erase_lead(
         &self,
         request: Request<EraseLeadRequest>,
@@ -433,7 +425,6 @@ impl CaptureService for CaptureApi {
         }))
     }
 
-    #[tracing::instrument(skip_all, fields(lead_id))]
     async fn return_lead(
         &self,
         request: Request<ReturnLeadRequest>,
@@ -493,7 +484,6 @@ impl CaptureService for CaptureApi {
         }))
     }
 
-    #[tracing::instrument(skip_all)]
     async fn list_merge_reviews(
         &self,
         request: Request<ListMergeReviewsRequest>,
@@ -529,7 +519,6 @@ impl CaptureService for CaptureApi {
         }))
     }
 
-    #[tracing::instrument(skip_all, fields(review_id))]
     async fn resolve_merge_review(
         &self,
         request: Request<ResolveMergeReviewRequest>,
@@ -582,7 +571,6 @@ impl CaptureService for CaptureApi {
         }))
     }
 
-    #[tracing::instrument(skip_all, fields(merge_id))]
     async fn unmerge_lead(
         &self,
         request: Request<UnmergeLeadRequest>,

@@ -107,16 +107,16 @@ fn parse_inbound(request: &RecordInboundRequest) -> Result<NewInbound, FieldViol
 
 #[tonic::async_trait]
 impl MessagingService for MessagingApi {
-    #[tracing::instrument(skip_all, fields(lead_id = %request.get_ref().lead_id.trim(), key_id))]
     async fn record_inbound(
         &self,
         request: Request<RecordInboundRequest>,
     ) -> Result<Response<RecordInboundResponse>, Status> {
-        let caller = Caller::require(&request, Scope::LeadsWrite)?;
-        tracing::Span::current().record("key_id", caller.key_id.as_str());
+        Caller::require(&request, Scope::LeadsWrite)?;
         let request = request.into_inner();
         let inbound = parse_inbound(&request)
             .map_err(|violations| violations.into_status("request rejected"))?;
+        // Recorded once parsed: a malformed id could be anything a caller typed.
+        tracing::Span::current().record("lead_id", tracing::field::display(inbound.lead_id));
         match self.capture.contact(inbound.lead_id).await {
             Ok(_) => {}
             Err(LookupError::NotFound) => return Err(Status::not_found("lead not found")),
@@ -162,17 +162,16 @@ impl MessagingService for MessagingApi {
         }))
     }
 
-    #[tracing::instrument(skip_all, fields(lead_id = %request.get_ref().lead_id.trim(), key_id))]
     async fn list_messages(
         &self,
         request: Request<ListMessagesRequest>,
     ) -> Result<Response<ListMessagesResponse>, Status> {
         let caller = Caller::require(&request, Scope::LeadsRead)?;
-        tracing::Span::current().record("key_id", caller.key_id.as_str());
         // A subject can carry the lead's name ("Welcome, Ada").
         let unmask = caller.has(Scope::PiiRead);
         let lead_id = require_uuid("lead_id", &request.get_ref().lead_id)
             .map_err(|violations| violations.into_status("request rejected"))?;
+        tracing::Span::current().record("lead_id", tracing::field::display(lead_id));
         let messages = self.store.list(lead_id).await.map_err(internal)?;
         Ok(Response::new(ListMessagesResponse {
             messages: messages

@@ -27,15 +27,14 @@ impl QualificationApi {
 
 #[tonic::async_trait]
 impl QualificationService for QualificationApi {
-    #[tracing::instrument(skip_all, fields(lead_id = %request.get_ref().lead_id.trim(), key_id))]
     async fn get_lead(
         &self,
         request: Request<GetLeadRequest>,
     ) -> Result<Response<GetLeadResponse>, Status> {
-        let caller = Caller::require(&request, Scope::LeadsRead)?;
-        tracing::Span::current().record("key_id", caller.key_id.as_str());
+        Caller::require(&request, Scope::LeadsRead)?;
         let lead_id = require_uuid("lead_id", &request.get_ref().lead_id)
             .map_err(|violations: FieldViolations| violations.into_status("request rejected"))?;
+        tracing::Span::current().record("lead_id", tracing::field::display(lead_id));
         let lead = self
             .store
             .get(lead_id)

@@ -522,3 +522,48 @@ async fn a_new_leads_answer_is_the_lead_as_get_lead_reads_it_masked_or_not() -> 
     }
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_calls_log_lines_name_its_rpc_caller_and_lead_in_its_one_span() -> anyhow::Result<()> {
+    let suite = Suite::start_capture().await?;
+    let mut capture = suite.capture().await?;
+    let admin_key_id = leadflow_platform::auth::parse(&suite.admin_key)?.key_id;
+    let lead_id = capture
+        .capture_lead(crate::support::capture_of(person(
+            "span.canary@example.com",
+            "+1 415 555 0179",
+        )))
+        .await?
+        .into_inner()
+        .lead
+        .expect("lead")
+        .lead_id;
+    capture
+        .erase_lead(EraseLeadRequest {
+            lead_id: lead_id.clone(),
+            reason: "gdpr-request".into(),
+        })
+        .await?;
+
+    let logs = suite.services[&leadflow_e2e::Service::Capture].logs();
+    let erased: serde_json::Value = logs
+        .iter()
+        .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+        .find(|line| line["message"] == "lead erased")
+        .expect("a `lead erased` line");
+    // The call's span is the server's: named by the RPC, with the caller (recorded by the
+    // authenticator) and the lead (recorded by the handler) in it; no handler span of its own.
+    let span = &erased["span"];
+    assert_eq!(span["name"], "grpc", "{erased}");
+    assert_eq!(
+        span["rpc"], "/leadflow.capture.v1.CaptureService/EraseLead",
+        "{erased}"
+    );
+    assert_eq!(span["key_id"], admin_key_id.as_str(), "{erased}");
+    assert_eq!(span["lead_id"], lead_id.as_str(), "{erased}");
+    assert!(
+        !logs.iter().any(|line| line.contains("span.canary")),
+        "no log line names the person"
+    );
+    Ok(())
+}

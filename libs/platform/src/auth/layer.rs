@@ -70,6 +70,8 @@ where
             match decided {
                 Ok(caller) => {
                     if let Some(caller) = caller {
+                        // The call's span ([`crate::grpc::server_span`]) names its caller.
+                        tracing::Span::current().record("key_id", caller.key_id.as_str());
                         request.extensions_mut().insert(caller);
                     }
                     inner.call(request).await
