@@ -183,13 +183,19 @@ impl Capturer {
         }
         let unmask = origin.unmask;
         let respond = move |captured: &Captured| response(captured, unmask).encode_to_vec();
-        match self
-            .leads
-            .capture(&source, &capture, idempotency.as_ref(), &respond)
-            .await
+        // Boxed: the store's future is several kB (every statement's binds, two retry
+        // loops), and inline it was copied whole each time a future around it moved.
+        match Box::pin(
+            self.leads
+                .capture(&source, &capture, idempotency.as_ref(), &respond),
+        )
+        .await
         {
             Ok(captured) => {
-                tracing::info!(lead_id = %captured.lead.lead_id, source = %source.source_id, outcome = ?captured.outcome, "lead captured");
+                // Debug, not info: a line per lead is the log's bulk under load (a write and
+                // its JSON per call) and says what the `lead.captured`/`lead.merged` event and
+                // the call's span already say.
+                tracing::debug!(lead_id = %captured.lead.lead_id, source = %source.source_id, outcome = ?captured.outcome, "lead captured");
                 Ok(response(&captured, unmask))
             }
             Err(StoreError::Replay) => {
