@@ -42,6 +42,8 @@ pub struct Plan {
     pub latency_window: Duration,
     pub echo_window: Duration,
     pub open_window: Duration,
+    /// One offered rate of the MSR search (B3b's base).
+    pub msr_step: Duration,
     pub import_rows: u64,
     pub import_rounds: usize,
     pub import_deadline: Duration,
@@ -74,6 +76,7 @@ impl Plan {
             latency_window: Duration::from_secs(2),
             echo_window: Duration::from_secs(1),
             open_window: Duration::from_secs(10),
+            msr_step: Duration::from_secs(3),
             import_rows: 20_000,
             import_rounds: 3,
             import_deadline: Duration::from_secs(180),
@@ -94,6 +97,7 @@ impl Plan {
             latency_window: Duration::from_secs(5),
             echo_window: Duration::from_secs(2),
             open_window: Duration::from_secs(30),
+            msr_step: Duration::from_secs(10),
             import_rows: 1_000_000,
             import_rounds: 1,
             import_deadline: Duration::from_secs(2400),
@@ -937,13 +941,14 @@ async fn b3(
         "B3a         R-echo 1 client:       {}",
         quantiles(&echo_latency)
     ));
-    // (b) open model at 50 % and 80 % of B2's closed-loop rate.
+    // (b) open model at 50 % and 80 % of capture's MSR, searched from B2's closed-loop rate.
+    let msr = match subject_rate.filter(|rate| *rate > 0.0) {
+        Some(closed_rate) => search_msr(plan, report, &subject, closed_rate).await,
+        None => None,
+    };
     for (share, slo_ms) in [(0.5, 10.0), (0.8, 25.0)] {
         let label = format!("B3b open {:.0}%", share * 100.0);
-        let Some(rate) = subject_rate
-            .filter(|rate| *rate > 0.0)
-            .map(|rate| rate * share)
-        else {
+        let Some(rate) = msr.map(|rate| rate * share) else {
             report.rows.push(Row::absolute(
                 &label,
                 "CaptureLead p99",
@@ -1034,6 +1039,110 @@ async fn b3(
         quantiles(&invalid_latency)
     ));
     b14
+}
+
+/// B2's SLO: a rate is sustained when its p99 stays within it (benchmarks.md §1.3).
+const MSR_P99_MS: f64 = 25.0;
+
+/// The MSR search of benchmarks.md §1.3: offered rates stepped by 10 %, the highest with
+/// achieved ≥ 99 % of offered, no errors and p99 ≤ [`MSR_P99_MS`]. It starts at half the
+/// closed-loop rate and climbs while steps pass (to 1.5× that rate at most), or, when the
+/// first fails, comes down until one passes (to a twentieth at least).
+#[derive(Debug, Clone, PartialEq)]
+struct MsrSearch {
+    closed_rate: f64,
+    next: Option<f64>,
+    sustained: Option<f64>,
+    failed_any: bool,
+}
+
+impl MsrSearch {
+    const STEP: f64 = 1.1;
+
+    fn new(closed_rate: f64) -> Self {
+        Self {
+            closed_rate,
+            next: Some(closed_rate * 0.5),
+            sustained: None,
+            failed_any: false,
+        }
+    }
+
+    /// The rate to offer next, `None` once the search is over.
+    fn next_rate(&self) -> Option<f64> {
+        self.next
+    }
+
+    /// Whether `open` sustained its offered rate.
+    fn sustains(open: &Open) -> bool {
+        open.errors == 0
+            && open.unfinished == 0
+            && !open.latency.is_empty()
+            && open.achieved_rate() >= 0.99 * open.offered_rate
+            && open.latency.value_at_quantile(0.99) as f64 / 1000.0 <= MSR_P99_MS
+    }
+
+    /// Takes the outcome of offering [`Self::next_rate`].
+    fn record(&mut self, sustained: bool) {
+        let Some(rate) = self.next else {
+            return;
+        };
+        if sustained {
+            self.sustained = Some(rate);
+            let higher = rate * Self::STEP;
+            self.next = (!self.failed_any && higher <= self.closed_rate * 1.5).then_some(higher);
+        } else {
+            self.failed_any = true;
+            let lower = rate / Self::STEP;
+            self.next =
+                (self.sustained.is_none() && lower >= self.closed_rate * 0.05).then_some(lower);
+        }
+    }
+
+    /// The highest rate sustained, once the search is over.
+    fn msr(&self) -> Option<f64> {
+        self.sustained
+    }
+}
+
+/// Searches capture's MSR ([`MsrSearch`]), printing each step; `None` if no rate held.
+async fn search_msr(
+    plan: &Plan,
+    report: &mut Report,
+    subject: &load::Op,
+    closed_rate: f64,
+) -> Option<f64> {
+    progress(&format!(
+        "B3b MSR search: {} s per offered rate, from half of B2's {}/s, stepped by 10 %",
+        plan.msr_step.as_secs(),
+        thousands(closed_rate)
+    ));
+    let mut search = MsrSearch::new(closed_rate);
+    let mut steps = Vec::new();
+    while let Some(rate) = search.next_rate() {
+        let open = load::open_loop(rate, plan.msr_step, 1024, subject.clone()).await;
+        let sustained = MsrSearch::sustains(&open);
+        steps.push(format!(
+            "{}/s → p99 {}{}{}",
+            thousands(rate),
+            ms(open.latency.value_at_quantile(0.99) as f64),
+            if open.errors + open.unfinished > 0 {
+                format!(", {} errors", open.errors + open.unfinished)
+            } else {
+                String::new()
+            },
+            if sustained { "" } else { " ✗" }
+        ));
+        search.record(sustained);
+    }
+    let msr = search.msr();
+    report.figure(format!(
+        "B3b         MSR (p99 ≤ {MSR_P99_MS:.0} ms, achieved ≥ 99 %, no errors): {} ({} of B2's closed-loop rate); steps: {}",
+        msr.map_or("none".to_owned(), |rate| format!("{}/s", thousands(rate))),
+        msr.map_or("—".to_owned(), |rate| format!("{:.0} %", rate / closed_rate * 100.0)),
+        steps.join(", ")
+    ));
+    msr
 }
 
 fn report_open(report: &mut Report, label: &str, open: &Open) {
@@ -1505,6 +1614,50 @@ async fn print_report(
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn msr_search_climbs_by_ten_percent_until_a_rate_is_not_sustained() {
+        let mut search = super::MsrSearch::new(1_000.0);
+        let mut offered = Vec::new();
+        while let Some(rate) = search.next_rate() {
+            offered.push(rate.round() as u64);
+            search.record(rate < 700.0);
+        }
+        assert_eq!(offered, [500, 550, 605, 666, 732]);
+        assert_eq!(search.msr().map(|rate| rate.round() as u64), Some(666));
+    }
+
+    #[test]
+    fn msr_search_comes_down_when_half_the_closed_rate_is_not_sustained() {
+        let mut search = super::MsrSearch::new(1_000.0);
+        let mut offered = Vec::new();
+        while let Some(rate) = search.next_rate() {
+            offered.push(rate.round() as u64);
+            search.record(rate < 400.0);
+        }
+        assert_eq!(offered, [500, 455, 413, 376]);
+        assert_eq!(search.msr().map(|rate| rate.round() as u64), Some(376));
+    }
+
+    #[test]
+    fn msr_search_stops_at_its_bounds() {
+        // Every rate holds: it stops below 1.5x the closed-loop rate.
+        let mut always = super::MsrSearch::new(1_000.0);
+        while always.next_rate().is_some() {
+            always.record(true);
+        }
+        let top = always.msr().expect("a sustained rate");
+        assert!(top <= 1_500.0 && top * 1.1 > 1_500.0, "{top}");
+        // No rate holds: it gives up above a twentieth of it, with no MSR.
+        let mut never = super::MsrSearch::new(1_000.0);
+        let mut steps = 0;
+        while never.next_rate().is_some() {
+            never.record(false);
+            steps += 1;
+        }
+        assert_eq!(never.msr(), None);
+        assert!(steps > 20 && steps < 40, "{steps} steps");
+    }
+
     use super::*;
 
     #[test]
