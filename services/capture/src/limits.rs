@@ -29,16 +29,15 @@ impl RateLimits {
                 // A poisoned lock only means another call panicked; limits are advisory then.
                 return Ok(());
             };
-            let entry = limiters
-                .entry(name.to_owned())
-                .or_insert_with(|| (0, Arc::new(RateLimiter::direct(Quota::per_minute(rate)))));
-            if entry.0 != per_minute {
-                *entry = (
-                    per_minute,
-                    Arc::new(RateLimiter::direct(Quota::per_minute(rate))),
-                );
+            match limiters.get(name) {
+                Some((quota, limiter)) if *quota == per_minute => limiter.clone(),
+                // New, or its quota changed: a fresh budget (the name is copied only then).
+                _ => {
+                    let limiter = Arc::new(RateLimiter::direct(Quota::per_minute(rate)));
+                    limiters.insert(name.to_owned(), (per_minute, limiter.clone()));
+                    limiter
+                }
             }
-            entry.1.clone()
         };
         limiter
             .check()
@@ -69,5 +68,7 @@ mod tests {
             limits.check("source:other", 2).is_ok(),
             "budgets are per name"
         );
+        // A changed quota starts a fresh budget.
+        assert!(limits.check("source:slow", 3).is_ok());
     }
 }
