@@ -1614,28 +1614,29 @@ async fn print_report(
 
 #[cfg(test)]
 mod tests {
-    #[test]
-    fn msr_search_climbs_by_ten_percent_until_a_rate_is_not_sustained() {
+    /// Runs an MSR search from a closed-loop rate of 1,000/s on a machine that sustains
+    /// every rate below `holds_below`; returns the rates offered and the MSR, rounded.
+    fn msr_search(holds_below: f64) -> (Vec<u64>, Option<u64>) {
         let mut search = super::MsrSearch::new(1_000.0);
         let mut offered = Vec::new();
         while let Some(rate) = search.next_rate() {
             offered.push(rate.round() as u64);
-            search.record(rate < 700.0);
+            search.record(rate < holds_below);
         }
-        assert_eq!(offered, [500, 550, 605, 666, 732]);
-        assert_eq!(search.msr().map(|rate| rate.round() as u64), Some(666));
+        (offered, search.msr().map(|rate| rate.round() as u64))
+    }
+
+    #[test]
+    fn msr_search_climbs_by_ten_percent_until_a_rate_is_not_sustained() {
+        assert_eq!(
+            msr_search(700.0),
+            (vec![500, 550, 605, 666, 732], Some(666))
+        );
     }
 
     #[test]
     fn msr_search_comes_down_when_half_the_closed_rate_is_not_sustained() {
-        let mut search = super::MsrSearch::new(1_000.0);
-        let mut offered = Vec::new();
-        while let Some(rate) = search.next_rate() {
-            offered.push(rate.round() as u64);
-            search.record(rate < 400.0);
-        }
-        assert_eq!(offered, [500, 455, 413, 376]);
-        assert_eq!(search.msr().map(|rate| rate.round() as u64), Some(376));
+        assert_eq!(msr_search(400.0), (vec![500, 455, 413, 376], Some(376)));
     }
 
     #[test]
