@@ -418,7 +418,8 @@ impl CaptureService for CaptureApi {
             .erase(lead_id, reason, &caller.key_id)
             .await
             .map_err(CaptureError::from)?;
-        tracing::info!(key_id = %caller.key_id, "lead erased");
+        // The call's span names the caller and the lead.
+        tracing::info!("lead erased");
         Ok(Response::new(EraseLeadResponse {
             lead_id: lead_id.to_string(),
             erased_at: Some(convert::timestamp(erased_at)),

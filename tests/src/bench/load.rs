@@ -143,6 +143,16 @@ pub struct Open {
 }
 
 impl Open {
+    /// Calls that failed or were never answered.
+    pub fn failures(&self) -> u64 {
+        self.errors + self.unfinished
+    }
+
+    /// Whether every call was answered without an error (and there were calls).
+    pub fn answered_cleanly(&self) -> bool {
+        self.failures() == 0 && !self.latency.is_empty()
+    }
+
     /// Answered calls per second over the schedule.
     pub fn achieved_rate(&self) -> f64 {
         self.ok as f64 / self.duration.as_secs_f64()

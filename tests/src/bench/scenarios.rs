@@ -969,7 +969,7 @@ async fn b3(
         let open = load::open_loop(rate, plan.open_window, 1024, subject.clone()).await;
         let capture_after = fixture.capture.cpu_ticks();
         let p99 = open.latency.value_at_quantile(0.99) as f64 / 1000.0;
-        let healthy = open.errors == 0 && open.unfinished == 0 && !open.latency.is_empty();
+        let healthy = open.answered_cleanly();
         // Errors or unanswered calls fail the row whatever the latency of the rest.
         let judged = if healthy { p99 } else { f64::INFINITY };
         report.rows.push(Row::absolute(
@@ -981,7 +981,7 @@ async fn b3(
                 if healthy {
                     format!("{p99:.2} ms")
                 } else {
-                    format!("{p99:.2} ms, {} errors", open.errors + open.unfinished)
+                    format!("{p99:.2} ms, {} errors", open.failures())
                 },
             )),
             Goal::AtMost(slo_ms),
@@ -1075,9 +1075,7 @@ impl MsrSearch {
 
     /// Whether `open` sustained its offered rate.
     fn sustains(open: &Open) -> bool {
-        open.errors == 0
-            && open.unfinished == 0
-            && !open.latency.is_empty()
+        open.answered_cleanly()
             && open.achieved_rate() >= 0.99 * open.offered_rate
             && open.latency.value_at_quantile(0.99) as f64 / 1000.0 <= MSR_P99_MS
     }
@@ -1126,8 +1124,8 @@ async fn search_msr(
             "{}/s → p99 {}{}{}",
             thousands(rate),
             ms(open.latency.value_at_quantile(0.99) as f64),
-            if open.errors + open.unfinished > 0 {
-                format!(", {} errors", open.errors + open.unfinished)
+            if open.failures() > 0 {
+                format!(", {} errors", open.failures())
             } else {
                 String::new()
             },
