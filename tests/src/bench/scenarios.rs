@@ -631,6 +631,14 @@ impl CpuSnapshot {
             bench: process::own_cpu_ticks(),
         }
     }
+
+    /// Takes the snapshot that ends a phase once the relay has published its rows: each
+    /// side's outbox work is its own (R-pg-capture's rows are published by capture's polls,
+    /// up to a poll interval after its phase ends).
+    async fn settled(fixture: &Fixture) -> Self {
+        let _left = outbox_settled(fixture, Duration::from_secs(5)).await;
+        Self::take(fixture)
+    }
 }
 
 /// CPU clock ticks the processes spent over one side's B2 phases, and the leads they made.
@@ -696,11 +704,11 @@ async fn b2(plan: &Plan, fixture: &Fixture, report: &mut Report) -> anyhow::Resu
             let before = CpuSnapshot::take(fixture);
             if (side == 0) == subject_first {
                 let phase = load::closed_loop(plan.clients, plan.round, subject.clone()).await;
-                subject_cpu.add(&before, &CpuSnapshot::take(fixture), phase.ok);
+                subject_cpu.add(&before, &CpuSnapshot::settled(fixture).await, phase.ok);
                 subject_phase = Some(phase);
             } else {
                 let phase = load::closed_loop(plan.clients, plan.round, reference.clone()).await;
-                reference_cpu.add(&before, &CpuSnapshot::take(fixture), phase.ok);
+                reference_cpu.add(&before, &CpuSnapshot::settled(fixture).await, phase.ok);
                 reference_phase = Some(phase);
             }
         }
@@ -771,29 +779,8 @@ async fn b2(plan: &Plan, fixture: &Fixture, report: &mut Report) -> anyhow::Resu
             plan.clients
         ));
     }
-    let per_lead = |ticks: u64, cpu: &PhaseCpu| {
-        cpu_micros_per_call(fixture.clock_ticks, Some(0), Some(ticks), cpu.leads)
-            .map_or_else(|| "— µs".to_owned(), |micros| format!("{micros:.0} µs"))
-    };
-    if subject_cpu.leads > 0 {
-        // Postgres and the bench's own client beside capture, on both sides: where a gap
-        // between the sides goes.
-        let reference = if reference_cpu.leads > 0 {
-            format!(
-                "; R-pg-capture: Postgres {}, bench (sqlx client) {}",
-                per_lead(reference_cpu.postgres, &reference_cpu),
-                per_lead(reference_cpu.bench, &reference_cpu)
-            )
-        } else {
-            String::new()
-        };
-        report.figure(format!(
-            "B14 context CPU per lead under B2, CaptureLead: capture {} (relay included), Postgres {}, bench (gRPC client) {}{reference} (user+system from /proc/<pid>/stat at {} ticks/s; Postgres: every process named postgres)",
-            per_lead(subject_cpu.capture, &subject_cpu),
-            per_lead(subject_cpu.postgres, &subject_cpu),
-            per_lead(subject_cpu.bench, &subject_cpu),
-            fixture.clock_ticks
-        ));
+    if let Some(split) = cpu_split(fixture, &subject_cpu, &reference_cpu) {
+        report.figure(format!("B14 context CPU per lead under B2, {split}"));
     }
     if left != 0 {
         report.note(format!(
@@ -801,6 +788,45 @@ async fn b2(plan: &Plan, fixture: &Fixture, report: &mut Report) -> anyhow::Resu
         ));
     }
     Ok(B2 { subject_rates, rss })
+}
+
+/// Where each side's CPU per lead went (capture, Postgres, the bench's client), and the
+/// machine's total per lead on each side, whose ratio is what a CPU-bound throughput ratio
+/// tends to; `None` before the subject made a lead.
+fn cpu_split(fixture: &Fixture, subject: &PhaseCpu, reference: &PhaseCpu) -> Option<String> {
+    let micros = |ticks: u64, cpu: &PhaseCpu| {
+        cpu_micros_per_call(fixture.clock_ticks, Some(0), Some(ticks), cpu.leads)
+    };
+    let text =
+        |micros: Option<f64>| micros.map_or_else(|| "— µs".to_owned(), |m| format!("{m:.0} µs"));
+    if subject.leads == 0 {
+        return None;
+    }
+    let subject_total = micros(subject.capture + subject.postgres + subject.bench, subject);
+    let reference_total = micros(reference.postgres + reference.bench, reference);
+    let reference_text = if reference.leads > 0 {
+        format!(
+            "; R-pg-capture: Postgres {}, bench (sqlx client) {}",
+            text(micros(reference.postgres, reference)),
+            text(micros(reference.bench, reference))
+        )
+    } else {
+        String::new()
+    };
+    let totals = match (subject_total, reference_total) {
+        (Some(subject_total), Some(reference_total)) if subject_total > 0.0 => format!(
+            "; all three {subject_total:.0} µs against {reference_total:.0} µs ({:.2}×)",
+            reference_total / subject_total
+        ),
+        _ => String::new(),
+    };
+    Some(format!(
+        "CaptureLead: capture {} (relay included), Postgres {}, bench (gRPC client) {}{reference_text}{totals} (user+system from /proc/<pid>/stat at {} ticks/s, each phase until its outbox is published; Postgres: every process named postgres)",
+        text(micros(subject.capture, subject)),
+        text(micros(subject.postgres, subject)),
+        text(micros(subject.bench, subject)),
+        fixture.clock_ticks
+    ))
 }
 
 /// B14's row: capture's CPU µs per lead against the echo server's per call at the same
@@ -965,9 +991,13 @@ async fn b3(
             thousands(rate),
             plan.open_window.as_secs()
         ));
-        let capture_before = fixture.capture.cpu_ticks();
+        let _left = outbox_settled(fixture, Duration::from_secs(5)).await;
+        let before = CpuSnapshot::take(fixture);
+        let capture_before = before.capture;
         let open = load::open_loop(rate, plan.open_window, 1024, subject.clone()).await;
         let capture_after = fixture.capture.cpu_ticks();
+        let mut subject_cpu = PhaseCpu::default();
+        subject_cpu.add(&before, &CpuSnapshot::settled(fixture).await, open.ok);
         let p99 = open.latency.value_at_quantile(0.99) as f64 / 1000.0;
         let healthy = open.answered_cleanly();
         // Errors or unanswered calls fail the row whatever the latency of the rest.
@@ -992,7 +1022,18 @@ async fn b3(
         if share == 0.5 {
             // The same arrivals on R-pg-capture: how much of the tail is the machine's (disk
             // flushes, neighbours) rather than capture's.
+            let before = CpuSnapshot::take(fixture);
             let context = load::open_loop(rate, plan.open_window, 1024, reference.clone()).await;
+            let mut reference_cpu = PhaseCpu::default();
+            reference_cpu.add(&before, &CpuSnapshot::settled(fixture).await, context.ok);
+            if let Some(split) = cpu_split(fixture, &subject_cpu, &reference_cpu) {
+                // At one arrival rate on both sides, Postgres's commits share disk flushes
+                // alike: CPU per lead compares the work, not how busy each side kept the disk.
+                report.figure(format!(
+                    "B14 context CPU per lead at {} calls/s (open model), {split}",
+                    thousands(rate)
+                ));
+            }
             report.figure(format!(
                 "B3b context R-pg-capture at the same rate, from intended send: {}{}",
                 quantiles(&context.latency),
