@@ -239,6 +239,50 @@ async fn a_row_committing_after_a_higher_id_is_still_published() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn rows_whose_xadd_failed_stay_unpublished_and_the_next_pass_sends_them_once() {
+    let env = TestEnv::new().await;
+    let stream = env.stream("capture");
+    let outbox = outbox(&stream);
+    let relay = relay(&env);
+    let first = add_committed(&env, &outbox).await;
+    assert_eq!(drain(&relay).await, 1, "the relay's connection is open");
+
+    // A string where the stream should be: Redis refuses the XADD (WRONGTYPE).
+    let mut redis = env.conn();
+    let () = redis::cmd("SET")
+        .arg(&stream)
+        .arg("not a stream")
+        .query_async(&mut redis)
+        .await
+        .expect("set a string key");
+    let added = [
+        add_committed(&env, &outbox).await,
+        add_committed(&env, &outbox).await,
+    ];
+    let failed = relay.publish_batch().await;
+    assert!(failed.is_err(), "the pass fails with the XADD: {failed:?}");
+    assert_eq!(
+        env.unpublished().await,
+        2,
+        "the marks of the failed pass were rolled back"
+    );
+
+    let () = redis::cmd("DEL")
+        .arg(&stream)
+        .query_async(&mut redis)
+        .await
+        .expect("delete the string key");
+    assert_eq!(drain(&relay).await, 2, "the next pass publishes both rows");
+    assert_eq!(drain(&relay).await, 0, "and nothing twice");
+    assert_eq!(env.event_ids(&stream).await, added, "in commit order");
+    assert!(
+        env.outbox_row(&first).await.1,
+        "the first row stays published"
+    );
+    assert_eq!(env.unpublished().await, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn the_same_entry_delivered_twice_is_applied_once() {
     let env = TestEnv::new().await;
     let stream = env.stream("capture");
