@@ -70,7 +70,7 @@ impl Plan {
             clients: 16,
             connections: 4,
             warmup: Duration::from_secs(2),
-            rounds: 3,
+            rounds: 5,
             round: Duration::from_secs(5),
             latency_rounds: 3,
             latency_window: Duration::from_secs(2),

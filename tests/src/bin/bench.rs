@@ -28,7 +28,7 @@ use clap::{Parser, ValueEnum};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 enum Mode {
-    /// A few minutes: 3 rounds × 5 s, 20,000-row imports (CI).
+    /// A few minutes: 5 rounds × 5 s, 20,000-row imports (CI).
     Quick,
     /// By hand: 5 rounds × 15 s, a 1,000,000-row import.
     Full,
