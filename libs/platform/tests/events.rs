@@ -245,7 +245,7 @@ async fn rows_whose_xadd_failed_stay_unpublished_and_the_next_pass_sends_them_on
     let outbox = outbox(&stream);
     let relay = relay(&env);
     let first = add_committed(&env, &outbox).await;
-    assert_eq!(drain(&relay).await, 1, "the relay's connection is open");
+    assert_eq!(drain(&relay).await, 1, "the first row is published");
 
     // A string where the stream should be: Redis refuses the XADD (WRONGTYPE).
     let mut redis = env.conn();
