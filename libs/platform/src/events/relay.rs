@@ -152,11 +152,6 @@ impl Relay {
     /// (`FOR UPDATE SKIP LOCKED`) and marks the rows, then, once Redis has them, `COMMIT`. A
     /// failed `XADD` rolls the marks back with the transaction.
     ///
-    /// The claimed rows are updated by the row addresses (`ctid`) the claim locked: a TID
-    /// scan, where matching them by id took a hash aggregate and a primary-key probe per row
-    /// (the claim of a woken pass ran in about three quarters of the time, `EXPLAIN ANALYZE`).
-    /// A locked row cannot move before the update, within the one statement.
-    ///
     /// The commit does not wait for its WAL flush (`synchronous_commit = off`, this transaction
     /// only): a mark lost to a crash republishes its rows, which is already what a crash
     /// between `XADD` and `COMMIT` does and what consumers deduplicate, so waiting would buy
@@ -173,9 +168,9 @@ impl Relay {
                 .context("begin relay transaction")?;
         let mut rows: Vec<(i64, String, String, Vec<u8>)> =
             sqlx::query_as(sqlx::AssertSqlSafe(format!(
-                "UPDATE {schema}.outbox SET published_at = now() WHERE ctid = ANY(ARRAY( \
-                   SELECT ctid FROM {schema}.outbox WHERE published_at IS NULL AND id >= $2 \
-                    ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED)) \
+                "UPDATE {schema}.outbox SET published_at = now() WHERE id IN \
+                   (SELECT id FROM {schema}.outbox WHERE published_at IS NULL AND id >= $2 \
+                    ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED) \
                  RETURNING id, stream, event_type, envelope",
                 schema = self.schema
             )))
