@@ -694,21 +694,25 @@ async fn b2(plan: &Plan, fixture: &Fixture, report: &mut Report) -> anyhow::Resu
     let mut reference_latency = load::histogram();
     let (mut subject_errors, mut reference_errors) = (0, 0);
     let (mut subject_cpu, mut reference_cpu) = (PhaseCpu::default(), PhaseCpu::default());
+    // Each phase starts where the one before ended: on a published outbox.
+    let mut before = CpuSnapshot::settled(fixture).await;
     for round in 0..plan.rounds {
         let mut subject_phase = None;
         let mut reference_phase = None;
         // A B, then B A: neither side always runs on a warmer (or fuller) system.
         let subject_first = round % 2 == 1;
         for side in 0..2 {
-            let _left = outbox_settled(fixture, Duration::from_secs(5)).await;
-            let before = CpuSnapshot::take(fixture);
             if (side == 0) == subject_first {
                 let phase = load::closed_loop(plan.clients, plan.round, subject.clone()).await;
-                subject_cpu.add(&before, &CpuSnapshot::settled(fixture).await, phase.ok);
+                let after = CpuSnapshot::settled(fixture).await;
+                subject_cpu.add(&before, &after, phase.ok);
+                before = after;
                 subject_phase = Some(phase);
             } else {
                 let phase = load::closed_loop(plan.clients, plan.round, reference.clone()).await;
-                reference_cpu.add(&before, &CpuSnapshot::settled(fixture).await, phase.ok);
+                let after = CpuSnapshot::settled(fixture).await;
+                reference_cpu.add(&before, &after, phase.ok);
+                before = after;
                 reference_phase = Some(phase);
             }
         }
@@ -991,13 +995,13 @@ async fn b3(
             thousands(rate),
             plan.open_window.as_secs()
         ));
-        let _left = outbox_settled(fixture, Duration::from_secs(5)).await;
-        let before = CpuSnapshot::take(fixture);
-        let capture_before = before.capture;
+        // B14 and the CPU split measure the 50 % phase, from a published outbox.
+        let before = if share == 0.5 {
+            Some(CpuSnapshot::settled(fixture).await)
+        } else {
+            None
+        };
         let open = load::open_loop(rate, plan.open_window, 1024, subject.clone()).await;
-        let capture_after = fixture.capture.cpu_ticks();
-        let mut subject_cpu = PhaseCpu::default();
-        subject_cpu.add(&before, &CpuSnapshot::settled(fixture).await, open.ok);
         let p99 = open.latency.value_at_quantile(0.99) as f64 / 1000.0;
         let healthy = open.answered_cleanly();
         // Errors or unanswered calls fail the row whatever the latency of the rest.
@@ -1019,13 +1023,15 @@ async fn b3(
             1,
         ));
         report_open(report, &label, &open);
-        if share == 0.5 {
+        if let Some(before) = before {
+            let after = CpuSnapshot::settled(fixture).await;
+            let mut subject_cpu = PhaseCpu::default();
+            subject_cpu.add(&before, &after, open.ok);
             // The same arrivals on R-pg-capture: how much of the tail is the machine's (disk
             // flushes, neighbours) rather than capture's.
-            let before = CpuSnapshot::take(fixture);
             let context = load::open_loop(rate, plan.open_window, 1024, reference.clone()).await;
             let mut reference_cpu = PhaseCpu::default();
-            reference_cpu.add(&before, &CpuSnapshot::settled(fixture).await, context.ok);
+            reference_cpu.add(&after, &CpuSnapshot::settled(fixture).await, context.ok);
             if let Some(split) = cpu_split(fixture, &subject_cpu, &reference_cpu) {
                 // At one arrival rate on both sides, Postgres's commits share disk flushes
                 // alike: CPU per lead compares the work, not how busy each side kept the disk.
@@ -1046,8 +1052,12 @@ async fn b3(
             // B14: CPU per call is steadier than wall time on shared cores. Capture's (relay
             // included) over the calls just answered, against the bare echo server's at the
             // same arrival rate.
-            let capture_cpu =
-                cpu_micros_per_call(fixture.clock_ticks, capture_before, capture_after, open.ok);
+            let capture_cpu = cpu_micros_per_call(
+                fixture.clock_ticks,
+                Some(0),
+                Some(subject_cpu.capture),
+                subject_cpu.leads,
+            );
             let echo_cpu = match (&fixture.echo, &echo) {
                 (Some(server), Some(echo)) => {
                     let before = server.cpu_ticks();
